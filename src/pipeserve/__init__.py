@@ -1,0 +1,3 @@
+"""pipeserve: a self-hosted, OpenPipe-compatible LLM server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from pipeserve.cli import main
+
+sys.exit(main())

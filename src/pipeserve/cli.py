@@ -1,0 +1,126 @@
+"""The `pipeserve` command. Its flags are derived from the settings class."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from pipeserve import __version__
+from pipeserve.settings import Settings
+
+# Settings that are flat enough to be command-line flags; `models` lives in the config file or the env.
+_FLAG_FIELDS = ("host", "port", "data_dir", "max_queued_requests", "log_level")
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=None, help="TOML config file (also PIPESERVE_CONFIG)."
+    )
+    for name in names:
+        field = Settings.model_fields[name]
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            type=int if field.annotation is int else str,
+            help=f"{field.description} (env: PIPESERVE_{name.upper()})",
+        )
+
+
+def load_settings(args: argparse.Namespace, names: tuple[str, ...]) -> Settings:
+    import os
+
+    overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    config = args.config or (Path(os.environ["PIPESERVE_CONFIG"]) if os.environ.get("PIPESERVE_CONFIG") else None)
+    return Settings.load(config, **overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pipeserve.keys import KeyStore
+    from pipeserve.server.app import UnsafeBindError, check_bind, create_app
+
+    settings = load_settings(args, _FLAG_FIELDS)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        check_bind(settings, KeyStore(settings.keys_file))
+    except UnsafeBindError as exc:
+        print(f"pipeserve: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from pipeserve.keys import KeyStore
+
+    store = KeyStore(load_settings(args, ("data_dir",)).keys_file)
+    if args.keys_command == "create":
+        stored, key = store.create(args.name)
+        print(key)
+        print(f"Created {stored.id}. This key is shown once; pipeserve keeps only its hash.", file=sys.stderr)
+    elif args.keys_command == "list":
+        for stored in store.keys():
+            print(f"{stored.id}\t{stored.name}\t{stored.created}")
+    elif args.keys_command == "revoke":
+        if not store.revoke(args.key_id):
+            print(f"pipeserve: no key with id {args.key_id}; `pipeserve keys list` shows them", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _settings_reference(_: argparse.Namespace) -> int:
+    from pipeserve.docs import settings_reference
+
+    print(settings_reference())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeserve", description="A self-hosted, OpenPipe-compatible LLM server.")
+    parser.add_argument("--version", action="version", version=f"pipeserve {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="Serve the configured models over HTTP.")
+    _add_settings_flags(serve, _FLAG_FIELDS)
+    serve.set_defaults(handler=_serve)
+
+    keys = commands.add_parser("keys", help="Manage API keys.")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_commands.add_parser("create", help="Create a key and print it (once).")
+    create.add_argument("--name", default="", help="A label to recognise the key by.")
+    keys_commands.add_parser("list", help="List key ids, names and creation times.")
+    revoke = keys_commands.add_parser("revoke", help="Revoke a key by id.")
+    revoke.add_argument("key_id")
+    for sub in keys_commands.choices.values():
+        _add_settings_flags(sub, ("data_dir",))
+    keys.set_defaults(handler=_keys)
+
+    reference = commands.add_parser("settings", help="Print the configuration reference (Markdown).")
+    reference.set_defaults(handler=_settings_reference)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (ValidationError, FileNotFoundError, ValueError) as exc:
+        print(f"pipeserve: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The llama.cpp engine: a GGUF model served in-process with continuous batching on one engine thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from concurrent.futures import Future
+
+from pydantic import ValidationError
+
+from pipeserve.engines.base import Delta, Engine, EngineStats, Generation
+from pipeserve.engines.llamacpp.model import LlamaModel
+from pipeserve.engines.llamacpp.options import LlamaCppOptions
+from pipeserve.engines.llamacpp.scheduler import Job, Scheduler
+from pipeserve.errors import ContextLengthExceededError, EngineUnavailableError, InvalidRequestError
+from pipeserve.params import ChatParams
+from pipeserve.settings import ModelConfig
+from pipeserve.templating import CHATML_TEMPLATE, ChatTemplate
+
+log = logging.getLogger("pipeserve.llamacpp")
+
+
+class LlamaCppEngine(Engine):
+    def __init__(self, config: ModelConfig, *, max_waiting: int) -> None:
+        try:
+            self.options = LlamaCppOptions.model_validate(config.engine_options)
+        except ValidationError as exc:
+            raise ValueError(f"model {config.id!r}: invalid llama.cpp options: {exc}") from exc
+        self.model_id = config.id
+        self.max_waiting = max_waiting
+        self._model: LlamaModel | None = None
+        self._scheduler: Scheduler | None = None
+        self._template: ChatTemplate | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ready: Future[None] = Future()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name=f"engine:{self.model_id}")
+        self._thread.start()
+        await asyncio.wrap_future(ready)
+
+    def _run(self, ready: Future[None]) -> None:
+        """The engine thread: every call into llama.cpp happens here."""
+        options = self.options
+        try:
+            path = options.resolved_path()
+            model = LlamaModel(
+                path,
+                n_ctx=options.context_size,
+                n_seq_max=options.max_sequences,
+                n_batch=options.batch_size,
+                threads=options.threads or os.cpu_count() or 1,
+            )
+            source = options.chat_template or model.meta("tokenizer.chat_template") or CHATML_TEMPLATE
+            self._template = ChatTemplate(
+                source, bos_token=model.token_text(model.bos), eos_token=model.token_text(model.eos)
+            )
+            scheduler = Scheduler(
+                model,
+                n_slots=options.max_sequences,
+                batch_size=options.batch_size,
+                max_waiting=self.max_waiting,
+                dispatch=self._dispatch,
+            )
+        except Exception as exc:
+            ready.set_exception(exc)
+            return
+        self._model, self._scheduler = model, scheduler
+        log.info("%s: loaded %s (%d KV cells, %d sequences)", self.model_id, path, model.n_ctx,
+                 options.max_sequences)
+        ready.set_result(None)
+        try:
+            scheduler.run()
+        finally:
+            model.close()
+
+    async def close(self) -> None:
+        if self._scheduler is not None and self._thread is not None:
+            self._scheduler.inbox.put(("stop", None))
+            await asyncio.to_thread(self._thread.join)
+        self._scheduler = None
+
+    # --- requests -------------------------------------------------------------------------------------------
+    @property
+    def context_window(self) -> int:
+        model = self._require_model()
+        return min(model.n_ctx_train or model.n_ctx, model.n_ctx)
+
+    async def generate(self, params: ChatParams) -> Generation:
+        scheduler = self._scheduler
+        if scheduler is None or self._template is None:
+            raise EngineUnavailableError(f"the model {self.model_id} is not running")
+        prompt_text = self._template.render(params.messages)
+        if params.sampling.logit_bias:
+            self._check_logit_bias(params)
+        job = Job(
+            prompt=[],
+            n=params.n,
+            max_tokens=params.max_tokens or 0,
+            sampling=params.sampling,
+            top_logprobs=params.top_logprobs if params.logprobs else None,
+            dispatch_to=None,
+        )
+        generation = Generation(
+            0, lambda choice, keep_cache: scheduler.inbox.put(("cancel", (job, choice, keep_cache)))
+        )
+        job.dispatch_to = generation
+        accepted: Future[None] = Future()
+        scheduler.inbox.put(("submit", (job, lambda j: self._prepare(j, prompt_text, params), accepted)))
+        await asyncio.wrap_future(accepted)
+        generation.prompt_tokens = len(job.prompt)
+        return generation
+
+    def _prepare(self, job: Job, prompt_text: str, params: ChatParams) -> None:
+        """On the engine thread: tokenize and fit the request into the context window."""
+        model = self._require_model()
+        add_bos = model.add_bos and not prompt_text.startswith(model.token_text(model.bos))
+        job.prompt = model.tokenize(prompt_text, add_special=add_bos)
+        window = self.context_window
+        prompt = len(job.prompt)
+        if params.max_tokens is None:
+            job.max_tokens = min(window, model.n_ctx // params.n) - prompt
+            if job.max_tokens < 1:
+                raise ContextLengthExceededError(
+                    f"This model's maximum context length is {window} tokens. However, your messages "
+                    f"resulted in {prompt} tokens. Please reduce the length of the messages.",
+                    param="messages",
+                )
+            return
+        if prompt + params.max_tokens > window:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {window} tokens. However, you requested "
+                f"{prompt + params.max_tokens} tokens ({prompt} in the messages, {params.max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                param="messages",
+            )
+        if params.n * (prompt + params.max_tokens) > model.n_ctx:
+            raise ContextLengthExceededError(
+                f"{params.n} choices of up to {prompt + params.max_tokens} tokens each do not fit in this "
+                f"model's KV cache of {model.n_ctx} tokens. Lower n or max_completion_tokens, or raise the "
+                "model's context_size.",
+                param="n",
+            )
+
+    def _check_logit_bias(self, params: ChatParams) -> None:
+        n_vocab = self._require_model().n_vocab
+        for token, _ in params.sampling.logit_bias:
+            if not 0 <= token < n_vocab:
+                raise InvalidRequestError(
+                    f"logit_bias names token {token}, but this model's token ids run from 0 to {n_vocab - 1}.",
+                    param="logit_bias",
+                )
+
+    def _dispatch(self, job: Job, deltas: list[Delta], done: bool) -> None:
+        """On the engine thread: hand a step's deltas to the request's generation on the event loop."""
+        generation = job.dispatch_to
+        assert isinstance(generation, Generation) and self._loop is not None
+        try:
+            if job.failed is not None:
+                self._loop.call_soon_threadsafe(generation.fail, job.failed)
+            else:
+                self._loop.call_soon_threadsafe(generation.push, deltas, job.cached_tokens, done)
+        except RuntimeError:  # the event loop is closed: the server is gone
+            pass
+
+    def stats(self) -> EngineStats:
+        if self._scheduler is None:
+            return EngineStats(0, 0, 0, 0)
+        return self._scheduler.snapshot
+
+    def _require_model(self) -> LlamaModel:
+        if self._model is None:
+            raise EngineUnavailableError(f"the model {self.model_id} is not loaded")
+        return self._model

@@ -1,0 +1,163 @@
+"""A loaded GGUF model and its context, through llama-cpp-python's low-level API.
+
+Every function here must be called from the engine thread (see DEVELOPERS.md: llama.cpp slows badly when
+several Python threads call into the same model).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as llama
+import numpy as np
+
+from pipeserve.engines.base import TokenLogprob, TopToken
+
+log = logging.getLogger("pipeserve.llamacpp")
+
+_LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # GGML_LOG_LEVEL_WARN, _ERROR
+
+
+class LlamaModel:
+    """The model, its vocabulary and one context holding the KV cache of all sequences."""
+
+    def __init__(
+        self, path: Path, *, n_ctx: int, n_seq_max: int, n_batch: int, threads: int
+    ) -> None:
+        llama.llama_backend_init()
+        # Keep a reference: llama.cpp calls back into this for as long as the process lives.
+        self._log_callback = llama.llama_log_callback(self._on_log)
+        llama.llama_log_set(self._log_callback, ctypes.c_void_p(0))
+
+        model_params = llama.llama_model_default_params()
+        # ggml's AMX/repacked weight buffers crash on first decode on CPUs that advertise AMX under some
+        # hypervisors (DEVELOPERS.md, trap 1); plain buffers cost nothing measurable for Q4 models.
+        model_params.use_extra_bufts = False
+        self.model = llama.llama_model_load_from_file(str(path).encode(), model_params)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {path}; is it a GGUF file?")
+        self.vocab = llama.llama_model_get_vocab(self.model)
+        self.n_vocab: int = llama.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train: int = llama.llama_model_n_ctx_train(self.model)
+
+        ctx_params = llama.llama_context_default_params()
+        ctx_params.n_ctx = n_ctx
+        ctx_params.n_batch = n_batch
+        ctx_params.n_ubatch = n_batch
+        ctx_params.n_seq_max = n_seq_max
+        ctx_params.n_threads = threads
+        ctx_params.n_threads_batch = threads
+        # One stream for all sequences, so copying a shared prompt prefix between sequences is only a
+        # metadata update (no KV data is copied).
+        ctx_params.kv_unified = True
+        self.ctx = llama.llama_init_from_model(self.model, ctx_params)
+        if not self.ctx:
+            llama.llama_model_free(self.model)
+            raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} cells for {path}")
+        self.n_ctx: int = llama.llama_n_ctx(self.ctx)
+        self.memory = llama.llama_get_memory(self.ctx)
+        self.batch = llama.llama_batch_init(n_batch, 0, 1)
+        self._pieces: dict[int, bytes] = {}
+        self._special_pieces: dict[int, bytes] = {}
+        self._piece_buffer = ctypes.create_string_buffer(256)
+
+    @staticmethod
+    def _on_log(level: int, text: bytes, _user: Any) -> None:
+        if level in _LOG_LEVELS and text:
+            log.log(_LOG_LEVELS[level], text.decode(errors="replace").rstrip())
+
+    def close(self) -> None:
+        llama.llama_batch_free(self.batch)
+        llama.llama_free(self.ctx)
+        llama.llama_model_free(self.model)
+
+    # --- metadata ------------------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        size = 1 << 16
+        buffer = ctypes.create_string_buffer(size)
+        n = llama.llama_model_meta_val_str(self.model, key.encode(), buffer, size)
+        if n < 0:
+            return None
+        if n >= size:
+            buffer = ctypes.create_string_buffer(n + 1)
+            llama.llama_model_meta_val_str(self.model, key.encode(), buffer, n + 1)
+        return buffer.value.decode(errors="replace")
+
+    def token_text(self, token: int) -> str:
+        return self.piece(token, special=True).decode(errors="replace")
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(llama.llama_vocab_get_add_bos(self.vocab))
+
+    @property
+    def bos(self) -> int:
+        return int(llama.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos(self) -> int:
+        return int(llama.llama_vocab_eos(self.vocab))
+
+    # --- tokens -----------------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        data = text.encode()
+        capacity = len(data) + 16
+        tokens = (llama.llama_token * capacity)()
+        n = llama.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, True)
+        if n < 0:
+            capacity = -n
+            tokens = (llama.llama_token * capacity)()
+            n = llama.llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, True)
+        return list(tokens[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes of one token; control tokens render as nothing unless `special`."""
+        cache = self._special_pieces if special else self._pieces
+        cached = cache.get(token)
+        if cached is not None:
+            return cached
+        buffer = self._piece_buffer
+        n = llama.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, special)
+        if n < 0:
+            buffer = ctypes.create_string_buffer(-n)
+            n = llama.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, special)
+        value = buffer.raw[:n]
+        cache[token] = value
+        return value
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama.llama_vocab_is_eog(self.vocab, token))
+
+    # --- KV cache -----------------------------------------------------------------------------------------
+    def seq_clear(self, seq: int) -> None:
+        llama.llama_memory_seq_rm(self.memory, seq, -1, -1)
+
+    def seq_truncate(self, seq: int, keep: int) -> bool:
+        return bool(llama.llama_memory_seq_rm(self.memory, seq, keep, -1))
+
+    def seq_copy(self, src: int, dst: int, length: int) -> None:
+        llama.llama_memory_seq_cp(self.memory, src, dst, 0, length)
+
+    # --- decoding ----------------------------------------------------------------------------------------
+    def decode(self) -> int:
+        return int(llama.llama_decode(self.ctx, self.batch))
+
+    def logprobs(self, row: int, token: int, top: int) -> TokenLogprob:
+        """Log-probabilities under the model's own distribution (before temperature and penalties)."""
+        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,))
+        peak = float(logits.max())
+        log_total = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
+        alternatives: list[TopToken] = []
+        if top:
+            best = np.argpartition(logits, -top)[-top:]
+            best = best[np.argsort(logits[best])[::-1]]
+            for candidate in best.tolist():
+                raw = self.piece(candidate, special=True)
+                alternatives.append(
+                    TopToken(raw.decode(errors="replace"), raw, float(logits[candidate]) - log_total)
+                )
+        raw = self.piece(token, special=True)
+        return TokenLogprob(raw.decode(errors="replace"), raw, float(logits[token]) - log_total, alternatives)

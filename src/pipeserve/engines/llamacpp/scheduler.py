@@ -1,0 +1,366 @@
+"""Continuous batching over one llama.cpp context, run by one dedicated engine thread.
+
+Each step decodes, in one `llama_decode`, the next token of every generating sequence plus chunks of
+waiting prompts. Requests are admitted between steps; a prompt prefix already in the KV cache (of a running
+sequence or of an idle one kept as prefix cache) is copied instead of computed; a cancelled request's
+sequences are removed before the next step.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import queue
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeserve.engines.base import Delta, EngineStats
+from pipeserve.engines.llamacpp import sampling
+from pipeserve.engines.llamacpp.model import LlamaModel
+from pipeserve.errors import EngineError, PipeserveError, RateLimitError
+from pipeserve.params import SamplingParams
+
+log = logging.getLogger("pipeserve.llamacpp")
+
+Dispatch = Callable[["Job", list[Delta], bool], None]
+
+
+@dataclass(eq=False)
+class Job:
+    """One request: `n` choices over one prompt."""
+
+    prompt: list[int]
+    n: int
+    max_tokens: int
+    sampling: SamplingParams
+    top_logprobs: int | None  # None: no logprobs
+    dispatch_to: Any  # the Generation the deltas are for; opaque here
+    slots: list[Slot] = field(default_factory=list)
+    cached_tokens: int = 0
+    cancelled: bool = False
+    failed: PipeserveError | None = None
+
+    @property
+    def footprint(self) -> int:
+        """An upper bound of the KV cells this job's sequences may hold (shared cells counted per holder)."""
+        return self.n * (len(self.prompt) + self.max_tokens)
+
+
+@dataclass(eq=False)
+class Slot:
+    """One llama.cpp sequence. `tokens` are exactly the tokens whose KV entries it holds, by position."""
+
+    seq: int
+    tokens: list[int] = field(default_factory=list)
+    job: Job | None = None
+    choice: int = 0
+    sampler: Any = None
+    pending: int | None = None  # sampled, not yet decoded
+    generated: int = 0
+    decoder: codecs.IncrementalDecoder | None = None
+    last_used: float = 0.0
+
+    def release(self, model: LlamaModel, *, keep_cache: bool) -> None:
+        if self.sampler is not None:
+            sampling.free_sampler(self.sampler)
+        self.sampler = None
+        self.job = None
+        self.pending = None
+        self.decoder = None
+        self.last_used = time.monotonic()
+        if not keep_cache:
+            self.clear(model)
+
+    def clear(self, model: LlamaModel) -> None:
+        if self.tokens:
+            model.seq_clear(self.seq)
+        self.tokens = []
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix, by binary search over C-speed slice comparisons."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class Scheduler:
+    """Owns the slots and runs the step loop. Only the engine thread calls its methods."""
+
+    def __init__(self, model: LlamaModel, *, n_slots: int, batch_size: int, max_waiting: int,
+                 dispatch: Dispatch) -> None:
+        self.model = model
+        self.slots = [Slot(seq) for seq in range(n_slots)]
+        self.batch_size = batch_size
+        self.max_waiting = max_waiting
+        self.dispatch = dispatch
+        self.waiting: deque[Job] = deque()
+        self.prefilling: list[Job] = []  # admitted, prompt not yet fully decoded
+        self.running: list[Job] = []
+        self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.stopping = False
+        self.snapshot = EngineStats(0, 0, 0, model.n_ctx)
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def run(self) -> None:
+        while not self.stopping:
+            idle = not (self.waiting or self.prefilling or self.running)
+            self._drain_inbox(block=idle)
+            if self.stopping:
+                break
+            self._admit()
+            if self.prefilling or self.running:
+                try:
+                    self._step()
+                except Exception as exc:  # a failed decode must not take the engine thread down
+                    log.exception("engine step failed")
+                    self._fail_all(EngineError(f"the engine failed while generating: {exc}"))
+            self._update_snapshot()
+        self._fail_all(EngineError("the server is shutting down"))
+
+    def _drain_inbox(self, *, block: bool) -> None:
+        try:
+            command, payload = self.inbox.get(timeout=1.0) if block else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if command == "submit":
+                self._submit(*payload)
+            elif command == "cancel":
+                self._cancel(*payload)
+            elif command == "stop":
+                self.stopping = True
+            try:
+                command, payload = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _submit(self, job: Job, prepare: Callable[[Job], None], accepted: Future[None]) -> None:
+        """Tokenize and check a new request here, on the engine thread, then queue it."""
+        try:
+            prepare(job)
+            if len(self.waiting) >= self.max_waiting:
+                raise RateLimitError(
+                    f"{len(self.waiting)} requests are already waiting for this model; retry shortly.",
+                    retry_after=1,
+                )
+        except PipeserveError as error:
+            accepted.set_exception(error)
+            return
+        except Exception as exc:  # a bug here must fail this request, not the engine thread
+            log.exception("could not prepare a request")
+            accepted.set_exception(EngineError(f"the engine could not prepare the request: {exc}"))
+            return
+        self.waiting.append(job)
+        accepted.set_result(None)
+
+    def _cancel(self, job: Job, choice: int | None, keep_cache: bool) -> None:
+        """Stop one choice or the whole job; its sequences stop before the next step."""
+        if job in self.waiting:
+            if choice is None:
+                job.cancelled = True
+                self.waiting.remove(job)
+            return
+        for slot in job.slots:
+            if slot.job is job and (choice is None or slot.choice == choice):
+                slot.release(self.model, keep_cache=keep_cache)
+        if choice is None or all(slot.job is not job for slot in job.slots):
+            job.cancelled = True
+            self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        if job in self.prefilling:
+            self.prefilling.remove(job)
+        if job in self.running:
+            self.running.remove(job)
+
+    def _fail_all(self, error: PipeserveError) -> None:
+        for job in [*self.waiting, *self.prefilling, *self.running]:
+            for slot in job.slots:
+                if slot.job is job:
+                    slot.release(self.model, keep_cache=False)
+            job.failed = error
+            self.dispatch(job, [], True)
+        self.waiting.clear()
+        self.prefilling.clear()
+        self.running.clear()
+
+    def _update_snapshot(self) -> None:
+        self.snapshot = EngineStats(
+            running_sequences=sum(1 for slot in self.slots if slot.job is not None),
+            waiting_requests=len(self.waiting),
+            kv_cells_used=min(sum(len(slot.tokens) for slot in self.slots), self.model.n_ctx),
+            kv_cells_total=self.model.n_ctx,
+        )
+
+    # --- admission -------------------------------------------------------------------------------------
+    def _admit(self) -> None:
+        while self.waiting:
+            job = self.waiting[0]
+            free = [slot for slot in self.slots if slot.job is None]
+            if len(free) < job.n:
+                return
+            source, shared = self._best_prefix(job.prompt)
+            shared = min(shared, len(job.prompt) - 1)  # the last prompt token is decoded for its logits
+            by_age = sorted(free, key=lambda slot: (bool(slot.tokens), slot.last_used))
+            host = source if source is not None and source.job is None else by_age[0]
+            siblings = [slot for slot in by_age if slot is not host and slot is not source][: job.n - 1]
+            # Evict idle cached sequences, least recently used first, until the job's worst case fits.
+            taken = {id(host), *(id(slot) for slot in siblings)}
+            evictable = [slot for slot in by_age if slot.tokens and id(slot) not in taken]
+            evictable.sort(key=lambda slot: slot.last_used)
+            while self._committed(taken) + job.footprint > self.model.n_ctx:
+                if not evictable:
+                    return  # wait for running jobs to finish
+                evictable.pop(0).clear(self.model)
+            self.waiting.popleft()
+            self._place(job, host, source, shared, siblings)
+
+    def _committed(self, excluded: set[int]) -> int:
+        """Upper bound of the KV cells held by admitted jobs and by the prefix cache outside `excluded`."""
+        busy = sum(job.footprint for job in (*self.prefilling, *self.running))
+        cached = sum(len(slot.tokens) for slot in self.slots if slot.job is None and id(slot) not in excluded)
+        return busy + cached
+
+    def _best_prefix(self, prompt: list[int]) -> tuple[Slot | None, int]:
+        best: Slot | None = None
+        best_len = 0
+        for slot in self.slots:
+            if slot.tokens:
+                length = common_prefix(slot.tokens, prompt)
+                if length > best_len:
+                    best, best_len = slot, length
+        return best, best_len
+
+    def _place(self, job: Job, host: Slot, source: Slot | None, shared: int, siblings: list[Slot]) -> None:
+        model = self.model
+        if source is host:
+            if not model.seq_truncate(host.seq, shared):
+                host.clear(model)
+                shared = 0
+            host.tokens = host.tokens[:shared]
+        else:
+            host.clear(model)
+            if source is not None and shared > 0:
+                model.seq_copy(source.seq, host.seq, shared)
+                host.tokens = job.prompt[:shared]
+            else:
+                shared = 0
+        for sibling in siblings:
+            sibling.clear(model)
+        job.cached_tokens = shared
+        job.slots = [host, *siblings]
+        for choice, slot in enumerate(job.slots):
+            slot.job = job
+            slot.choice = choice
+            slot.generated = 0
+            slot.pending = None
+            slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            slot.sampler = sampling.build_sampler(
+                job.sampling,
+                n_vocab=model.n_vocab,
+                max_tokens=job.max_tokens,
+                seed=sampling.choice_seed(job.sampling.seed, choice),
+            )
+        self.prefilling.append(job)
+
+    # --- one step ------------------------------------------------------------------------------------
+    def _step(self) -> None:
+        batch = self.model.batch
+        count = 0
+        decoding: list[tuple[Slot, int]] = []
+        for job in self.running:
+            for slot in job.slots:
+                if slot.job is job and slot.pending is not None:
+                    self._put(batch, count, slot.pending, len(slot.tokens), slot.seq, True)
+                    decoding.append((slot, count))
+                    count += 1
+        finishing: list[tuple[Job, int]] = []
+        for job in self.prefilling:
+            budget = self.batch_size - count
+            if budget <= 0:
+                break
+            host = job.slots[0]
+            start = len(host.tokens)
+            chunk = job.prompt[start : start + budget]
+            last = start + len(chunk) == len(job.prompt)
+            for offset, token in enumerate(chunk):
+                is_last = last and offset == len(chunk) - 1
+                self._put(batch, count, token, start + offset, host.seq, is_last)
+                count += 1
+            if last:
+                finishing.append((job, count - 1))
+        batch.n_tokens = count
+        if count == 0:
+            return
+        status = self.model.decode()
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status}")
+
+        outputs: dict[int, list[Delta]] = {}
+        for slot, row in decoding:
+            assert slot.pending is not None
+            slot.tokens.append(slot.pending)
+            self._sample(slot, row, outputs)
+        for job, row in finishing:
+            self.prefilling.remove(job)
+            host = job.slots[0]
+            host.tokens.extend(job.prompt[len(host.tokens) :])
+            for sibling in job.slots[1:]:
+                self.model.seq_copy(host.seq, sibling.seq, len(job.prompt))
+                sibling.tokens = list(job.prompt)
+            self.running.append(job)
+            for slot in job.slots:
+                self._sample(slot, row, outputs)
+        self._deliver(outputs)
+
+    @staticmethod
+    def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = logits
+
+    def _sample(self, slot: Slot, row: int, outputs: dict[int, list[Delta]]) -> None:
+        job = slot.job
+        assert job is not None and slot.decoder is not None
+        model = self.model
+        token = sampling.sample(slot.sampler, model.ctx, row)
+        slot.generated += 1
+        logprobs = None
+        finish: str | None = None
+        if model.is_eog(token):
+            text = slot.decoder.decode(b"", final=True)
+            finish = "stop"
+        else:
+            if job.top_logprobs is not None:
+                logprobs = [model.logprobs(row, token, job.top_logprobs)]
+            text = slot.decoder.decode(model.piece(token))
+            slot.pending = token
+            if slot.generated >= job.max_tokens or len(slot.tokens) + 1 >= model.n_ctx:
+                text += slot.decoder.decode(b"", final=True)
+                finish = "length"
+        outputs.setdefault(id(job), []).append(Delta(slot.choice, text, 1, logprobs, finish))
+        if finish is not None:
+            slot.release(model, keep_cache=True)
+
+    def _deliver(self, outputs: dict[int, list[Delta]]) -> None:
+        for job in list(self.running):
+            deltas = outputs.get(id(job))
+            if deltas is None:
+                continue
+            done = all(slot.job is not job for slot in job.slots)
+            if done:
+                self.running.remove(job)
+            if not job.cancelled:
+                self.dispatch(job, deltas, done)

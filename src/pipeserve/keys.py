@@ -1,0 +1,78 @@
+"""API keys: shown once when created, stored only as SHA-256 hashes in `<data_dir>/keys.json`."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+KEY_PREFIX = "ps-"
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    id: str
+    name: str
+    hash: str
+    created: int
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class KeyStore:
+    """The key file, re-read when it changes so that keys created while the server runs take effect."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._keys: list[StoredKey] = []
+
+    def keys(self) -> list[StoredKey]:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._keys = None, []
+            return []
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp != self._stamp:
+            data = json.loads(self.path.read_text())
+            self._keys = [StoredKey(**entry) for entry in data.get("keys", [])]
+            self._stamp = stamp
+        return self._keys
+
+    def verify(self, key: str) -> bool:
+        """Constant-time: every stored hash is compared, whatever matches."""
+        digest = _digest(key)
+        matched = False
+        for stored in self.keys():
+            matched |= hmac.compare_digest(digest, stored.hash)
+        return matched
+
+    def create(self, name: str = "") -> tuple[StoredKey, str]:
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        stored = StoredKey(id=f"key_{secrets.token_hex(6)}", name=name, hash=_digest(key), created=int(time.time()))
+        self._write([*self.keys(), stored])
+        return stored, key
+
+    def revoke(self, key_id: str) -> bool:
+        keys = self.keys()
+        kept = [k for k in keys if k.id != key_id]
+        if len(kept) == len(keys):
+            return False
+        self._write(kept)
+        return True
+
+    def _write(self, keys: list[StoredKey]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"keys": [asdict(k) for k in keys]}, indent=2))
+        os.chmod(tmp, 0o600)
+        tmp.replace(self.path)
+        self._stamp = None

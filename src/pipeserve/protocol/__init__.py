@@ -1,0 +1,1 @@
+"""Pydantic wire models, one module per endpoint. Nothing else defines wire shapes."""

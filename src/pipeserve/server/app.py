@@ -1,0 +1,64 @@
+"""`create_app(settings)`: everything is built in the lifespan; nothing lives at module level."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from pipeserve import __version__
+from pipeserve.engines import create_engine
+from pipeserve.keys import KeyStore
+from pipeserve.server.errors import install_error_handlers
+from pipeserve.server.routes import chat, health, models
+from pipeserve.service.chat import ChatService
+from pipeserve.service.models import ModelRegistry, ServedModel
+from pipeserve.settings import Settings
+
+log = logging.getLogger("pipeserve.server")
+
+API_PREFIXES = ("/v1", "/api/v1")  # OpenAI's base path and OpenPipe's
+
+
+class UnsafeBindError(RuntimeError):
+    pass
+
+
+def check_bind(settings: Settings, keys: KeyStore) -> None:
+    if not settings.host_is_loopback and not keys.keys():
+        raise UnsafeBindError(
+            f"refusing to listen on {settings.host} without an API key: anyone who can reach it could use "
+            "the server. Create a key with `pipeserve keys create`, or listen on 127.0.0.1."
+        )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keys = KeyStore(settings.keys_file)
+        check_bind(settings, keys)
+        served: list[ServedModel] = []
+        try:
+            for config in settings.models:
+                engine = create_engine(config, max_waiting=settings.max_queued_requests)
+                await engine.start()
+                served.append(ServedModel(config=config, engine=engine))
+            registry = ModelRegistry(served)
+            app.state.settings = settings
+            app.state.keys = keys
+            app.state.models = registry
+            app.state.chat = ChatService(registry)
+            yield
+        finally:
+            for model in served:
+                await model.engine.close()
+
+    app = FastAPI(title="pipeserve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    for prefix in API_PREFIXES:
+        app.include_router(chat.router, prefix=prefix)
+        app.include_router(models.router, prefix=prefix)
+    app.include_router(health.router)
+    return app

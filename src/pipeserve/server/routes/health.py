@@ -1,0 +1,30 @@
+"""`GET /health`: liveness plus each model's load, without authentication."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pipeserve.protocol.health import Health, ModelHealth
+from pipeserve.service.models import ModelRegistry
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    registry: ModelRegistry = request.app.state.models
+    models = []
+    for served in registry:
+        stats = served.engine.stats()
+        models.append(
+            ModelHealth(
+                id=served.config.id,
+                running_sequences=stats.running_sequences,
+                waiting_requests=stats.waiting_requests,
+                kv_cells_used=stats.kv_cells_used,
+                kv_cells_total=stats.kv_cells_total,
+            )
+        )
+    return Response(Health(models=models).model_dump_json(), media_type="application/json")

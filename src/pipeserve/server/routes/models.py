@@ -1,0 +1,35 @@
+"""`GET /models` and `GET /models/{id}`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pipeserve.protocol.models import ModelCard, ModelList
+from pipeserve.server.auth import require_key
+from pipeserve.service.models import ModelRegistry, ServedModel
+
+router = APIRouter(dependencies=[Depends(require_key)])
+
+
+def _card(served: ServedModel) -> ModelCard:
+    return ModelCard(
+        id=served.config.id,
+        created=served.created,
+        owned_by="pipeserve",
+        aliases=served.config.aliases,
+        context_window=served.engine.context_window,
+    )
+
+
+@router.get("/models")
+async def list_models(request: Request) -> Response:
+    registry: ModelRegistry = request.app.state.models
+    return Response(ModelList(data=[_card(m) for m in registry]).model_dump_json(), media_type="application/json")
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> Response:
+    registry: ModelRegistry = request.app.state.models
+    return Response(_card(registry.resolve(model_id)).model_dump_json(), media_type="application/json")

@@ -1,0 +1,1 @@
+"""The request pipeline between the HTTP layer and the engines."""

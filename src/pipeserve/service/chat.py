@@ -1,0 +1,176 @@
+"""The chat completion pipeline: params in, a `ChatCompletion` or a stream of chunks out."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+
+from pipeserve.engines.base import Generation, TokenLogprob
+from pipeserve.errors import EngineError, PipeserveError
+from pipeserve.params import ChatParams
+from pipeserve.protocol import chat_completions as wire
+from pipeserve.service.choices import ChoiceState, Emitted
+from pipeserve.service.models import ModelRegistry
+
+log = logging.getLogger("pipeserve.chat")
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def _wire_logprobs(entries: list[TokenLogprob]) -> list[wire.TokenLogprob]:
+    return [
+        wire.TokenLogprob(
+            token=entry.token,
+            bytes=list(entry.bytes),
+            logprob=entry.logprob,
+            top_logprobs=[wire.TopLogprob(token=t.token, bytes=list(t.bytes), logprob=t.logprob) for t in entry.top],
+        )
+        for entry in entries
+    ]
+
+
+@dataclass
+class _Run:
+    """One request in flight: its identity, its generation and the state of each choice."""
+
+    params: ChatParams
+    generation: Generation
+    id: str
+    created: int
+    fingerprint: str
+    choices: list[ChoiceState]
+
+    def usage(self) -> wire.Usage:
+        prompt = self.generation.prompt_tokens
+        cached = min(self.generation.cached_tokens, prompt)
+        completion = sum(choice.tokens for choice in self.choices)
+        return wire.Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            prompt_tokens_details=wire.PromptTokensDetails(cached_tokens=cached),
+            completion_tokens_details=wire.CompletionTokensDetails(text_tokens=completion),
+            prompt_cache_hit_tokens=cached,
+            prompt_cache_miss_tokens=prompt - cached,
+        )
+
+    async def deltas(self) -> AsyncIterator[tuple[int, Emitted]]:
+        """Emitted text per choice until every choice has finished; stops the engine's work when done."""
+        remaining = len(self.choices)
+        try:
+            async for step in self.generation:
+                for delta in step:
+                    choice = self.choices[delta.index]
+                    emitted = choice.feed(delta)
+                    if emitted is None:
+                        continue
+                    if emitted.finish_reason is not None:
+                        remaining -= 1
+                        if delta.finish_reason is None:  # a stop string: this choice needs no more tokens
+                            self.generation.stop(delta.index, keep_cache=True)
+                    yield delta.index, emitted
+                if remaining == 0:
+                    self.generation.stop(keep_cache=True)
+                    return
+            if remaining:
+                raise EngineError("the engine ended the generation before every choice finished")
+        finally:
+            self.generation.cancel()  # no-op once finished; frees the sequences of an abandoned request
+
+
+class ChatService:
+    def __init__(self, models: ModelRegistry) -> None:
+        self.models = models
+
+    async def _start(self, params: ChatParams) -> _Run:
+        served = self.models.resolve(params.model)
+        generation = await served.engine.generate(params)
+        return _Run(
+            params=params,
+            generation=generation,
+            id=f"chatcmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            fingerprint=served.fingerprint,
+            choices=[ChoiceState(i, params.stop) for i in range(params.n)],
+        )
+
+    async def complete(self, params: ChatParams) -> wire.ChatCompletion:
+        run = await self._start(params)
+        async for _ in run.deltas():
+            pass
+        choices = [
+            wire.Choice(
+                index=choice.index,
+                message=wire.ResponseMessage(content=choice.content),
+                finish_reason=choice.finish_reason or "stop",  # type: ignore[arg-type]
+                logprobs=wire.ChoiceLogprobs(content=_wire_logprobs(choice.logprobs)) if params.logprobs else None,
+            )
+            for choice in run.choices
+        ]
+        return wire.ChatCompletion(
+            id=run.id,
+            created=run.created,
+            model=params.model,
+            choices=choices,
+            usage=run.usage(),
+            system_fingerprint=run.fingerprint,
+        )
+
+    async def stream(self, params: ChatParams) -> AsyncIterator[bytes]:
+        """Start the generation (errors raise before the first byte), then return the SSE byte stream."""
+        run = await self._start(params)
+        return self._stream(run)
+
+    async def _stream(self, run: _Run) -> AsyncIterator[bytes]:
+        params = run.params
+
+        def chunk(choices: list[wire.ChunkChoice], usage: wire.Usage | None = None) -> bytes:
+            return sse(
+                wire.ChatCompletionChunk(
+                    id=run.id,
+                    created=run.created,
+                    model=params.model,
+                    choices=choices,
+                    usage=usage,
+                    system_fingerprint=run.fingerprint,
+                ).model_dump_json().encode()
+            )
+
+        try:
+            for choice in run.choices:
+                yield chunk([wire.ChunkChoice(index=choice.index, delta=wire.ChunkDelta(role="assistant", content=""))])
+            async for index, emitted in run.deltas():
+                if emitted.text or emitted.logprobs:
+                    logprobs = (
+                        wire.ChoiceLogprobs(content=_wire_logprobs(emitted.logprobs)) if params.logprobs else None
+                    )
+                    delta = wire.ChunkDelta(content=emitted.text)
+                    yield chunk([wire.ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
+                if emitted.finish_reason is not None:
+                    finish = wire.ChunkChoice(
+                        index=index,
+                        delta=wire.ChunkDelta(),
+                        finish_reason=emitted.finish_reason,  # type: ignore[arg-type]
+                    )
+                    yield chunk([finish])
+            if params.include_usage:
+                yield chunk([], run.usage())
+        except PipeserveError as error:
+            yield sse(_error_json(error))
+        except Exception as exc:  # an unexpected failure mid-stream still ends the stream properly
+            log.exception("stream failed")
+            yield sse(_error_json(EngineError(f"the stream failed: {exc}")))
+        yield SSE_DONE
+
+
+def _error_json(error: PipeserveError) -> bytes:
+    return orjson.dumps(error.body())

@@ -1,0 +1,90 @@
+"""Per-choice assembly of engine deltas: stop strings, held-back text and the logprobs that go with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeserve.engines.base import Delta, TokenLogprob
+
+
+@dataclass(slots=True)
+class Emitted:
+    """What one delta releases to the client."""
+
+    text: str
+    logprobs: list[TokenLogprob]
+    finish_reason: str | None
+
+
+@dataclass
+class ChoiceState:
+    """Text of one choice as the client sees it.
+
+    Text that could be the start of a stop string is held back until it can't be; a stop string is never
+    emitted. Each token's logprob is released with the first character of its text, and dropped when its
+    text lies entirely inside or after a matched stop string.
+    """
+
+    index: int
+    stop: tuple[str, ...]
+    tokens: int = 0
+    finish_reason: str | None = None
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    _held: str = ""
+    _received: int = 0
+    _emitted: int = 0
+    _pending: list[tuple[int, TokenLogprob]] = field(default_factory=list)
+
+    def feed(self, delta: Delta) -> Emitted | None:
+        if self.finish_reason is not None:
+            return None  # already finished by a stop string; the engine's in-flight tokens are dropped
+        self.tokens += delta.tokens
+        for entry in delta.logprobs or ():
+            self._pending.append((self._received, entry))
+        self._held += delta.text
+        self._received += len(delta.text)
+
+        cut = self._stop_at()
+        if cut is not None:
+            return self._release(self._held[:cut], "stop", drop_rest=True)
+        if delta.finish_reason is not None:
+            return self._release(self._held, delta.finish_reason, drop_rest=False)
+        keep = self._partial_stop_suffix()
+        return self._release(self._held[: len(self._held) - keep], None, drop_rest=False)
+
+    def _stop_at(self) -> int | None:
+        found = [i for i in (self._held.find(s) for s in self.stop) if i >= 0]
+        return min(found) if found else None
+
+    def _partial_stop_suffix(self) -> int:
+        """Length of the longest end of the held text that a stop string starts with."""
+        best = 0
+        for stop in self.stop:
+            for size in range(min(len(stop) - 1, len(self._held)), best, -1):
+                if self._held.endswith(stop[:size]):
+                    best = size
+                    break
+        return best
+
+    def _release(self, text: str, finish: str | None, *, drop_rest: bool) -> Emitted:
+        self._held = self._held[len(text) :]
+        self._emitted += len(text)
+        released: list[TokenLogprob] = []
+        still: list[tuple[int, TokenLogprob]] = []
+        for start, entry in self._pending:
+            if start < self._emitted or (finish is not None and not drop_rest):
+                released.append(entry)
+            elif not drop_rest:
+                still.append((start, entry))
+        self._pending = still
+        if finish is not None:
+            self.finish_reason = finish
+            self._held = ""
+        self.text.append(text)
+        self.logprobs.extend(released)
+        return Emitted(text, released, finish)
+
+    @property
+    def content(self) -> str:
+        return "".join(self.text)

@@ -1,0 +1,130 @@
+"""The one settings class: TOML config file, then environment variables, then CLI flags."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct"
+
+
+class ModelConfig(BaseModel):
+    """One served model. Keys other than those below are options of its engine (see docs/configuration.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(description="The model id clients send in `model` and see in `GET /v1/models`.")
+    aliases: list[str] = Field(
+        default_factory=list, description="Other names that resolve to this model (e.g. `openpipe:<slug>`)."
+    )
+    engine: str = Field(
+        default="llamacpp",
+        description="Engine that runs the model: the name of a module under `pipeserve.engines`.",
+    )
+
+    @property
+    def engine_options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _embedded_models() -> list[ModelConfig]:
+    return [
+        ModelConfig(
+            id=EMBEDDED_MODEL_ID,
+            aliases=["openpipe:smollm2-135m-instruct"],
+            engine="llamacpp",
+        )
+    ]
+
+
+class Settings(BaseSettings):
+    """pipeserve's settings. Environment variables use the prefix `PIPESERVE_` (e.g. `PIPESERVE_PORT`)."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPESERVE_", extra="forbid", validate_default=True)
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to listen on. A non-loopback address needs at least one API key "
+        "(`pipeserve keys create`).",
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one).")
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("pipeserve")),
+        description="Directory for pipeserve's own data: the API key hashes, later the SQLite log store.",
+    )
+    models: list[ModelConfig] = Field(
+        default_factory=_embedded_models,
+        description="Served models, as a TOML array of tables `[[models]]` (or JSON in `PIPESERVE_MODELS`). "
+        "Default: the embedded SmolLM2-135M-Instruct.",
+    )
+    max_queued_requests: int = Field(
+        default=256,
+        ge=0,
+        description="Requests a model may hold waiting for a free sequence; beyond it the answer is 429 "
+        "with `Retry-After`.",
+    )
+    log_level: str = Field(default="info", description="Log level of the server (debug, info, warning, error).")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: set[str] = set()
+        for model in models:
+            for name in [model.id, *model.aliases]:
+                if name in seen:
+                    raise ValueError(f"model name {name!r} is used twice; give every model a unique id and aliases")
+                seen.add(name)
+        if not models:
+            raise ValueError("at least one model must be configured")
+        return models
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = settings_cls.model_config.get("toml_file")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        """Settings from `config_file` (TOML), overridden by `PIPESERVE_*` variables, then by `overrides`."""
+        if config_file is None:
+            return cls(**overrides)
+        if not config_file.is_file():
+            raise FileNotFoundError(f"config file {config_file} does not exist")
+
+        class _FromFile(cls):  # type: ignore[valid-type,misc]
+            model_config = SettingsConfigDict(toml_file=config_file)
+
+        return _FromFile(**overrides)
+
+    @property
+    def keys_file(self) -> Path:
+        return self.data_dir / "keys.json"
+
+    @property
+    def host_is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
