@@ -18,9 +18,7 @@ _FLAG_FIELDS = ("host", "port", "data_dir", "max_queued_requests", "log_level")
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
-    parser.add_argument(
-        "--config", type=Path, default=None, help="TOML config file (also PIPESERVE_CONFIG)."
-    )
+    parser.add_argument("--config", type=Path, default=None, help="TOML config file (also PIPESERVE_CONFIG).")
     for name in names:
         field = Settings.model_fields[name]
         parser.add_argument(
@@ -72,12 +70,11 @@ def _keys(args: argparse.Namespace) -> int:
         print(key)
         print(f"Created {stored.id}. This key is shown once; pipeserve keeps only its hash.", file=sys.stderr)
     elif args.keys_command == "list":
-        for stored in store.keys():
+        for stored in store.all():
             print(f"{stored.id}\t{stored.name}\t{stored.created}")
-    elif args.keys_command == "revoke":
-        if not store.revoke(args.key_id):
-            print(f"pipeserve: no key with id {args.key_id}; `pipeserve keys list` shows them", file=sys.stderr)
-            return 1
+    elif args.keys_command == "revoke" and not store.revoke(args.key_id):
+        print(f"pipeserve: no key with id {args.key_id}; `pipeserve keys list` shows them", file=sys.stderr)
+        return 1
     return 0
 
 

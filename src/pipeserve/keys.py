@@ -34,7 +34,7 @@ class KeyStore:
         self._stamp: tuple[int, int] | None = None
         self._keys: list[StoredKey] = []
 
-    def keys(self) -> list[StoredKey]:
+    def all(self) -> list[StoredKey]:
         try:
             stat = self.path.stat()
         except FileNotFoundError:
@@ -51,18 +51,18 @@ class KeyStore:
         """Constant-time: every stored hash is compared, whatever matches."""
         digest = _digest(key)
         matched = False
-        for stored in self.keys():
+        for stored in self.all():
             matched |= hmac.compare_digest(digest, stored.hash)
         return matched
 
     def create(self, name: str = "") -> tuple[StoredKey, str]:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         stored = StoredKey(id=f"key_{secrets.token_hex(6)}", name=name, hash=_digest(key), created=int(time.time()))
-        self._write([*self.keys(), stored])
+        self._write([*self.all(), stored])
         return stored, key
 
     def revoke(self, key_id: str) -> bool:
-        keys = self.keys()
+        keys = self.all()
         kept = [k for k in keys if k.id != key_id]
         if len(kept) == len(keys):
             return False

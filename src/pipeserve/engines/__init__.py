@@ -24,8 +24,6 @@ def available_engines() -> list[str]:
 
 def create_engine(config: ModelConfig, *, max_waiting: int) -> Engine:
     if config.engine not in available_engines():
-        raise ValueError(
-            f"model {config.id!r}: unknown engine {config.engine!r}; choose one of {available_engines()}"
-        )
+        raise ValueError(f"model {config.id!r}: unknown engine {config.engine!r}; choose one of {available_engines()}")
     module = cast(_EngineModule, importlib.import_module(f"{__name__}.{config.engine}"))
     return module.create_engine(config, max_waiting=max_waiting)

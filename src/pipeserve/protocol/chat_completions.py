@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 
 class _Strict(BaseModel):
-    """Unknown fields are errors, as in OpenAI's API (`Unrecognized request argument supplied`)."""
+    """Unknown fields and values of the wrong JSON type are errors, as in OpenAI's API."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextPart(_Strict):

@@ -27,7 +27,7 @@ class UnsafeBindError(RuntimeError):
 
 
 def check_bind(settings: Settings, keys: KeyStore) -> None:
-    if not settings.host_is_loopback and not keys.keys():
+    if not settings.host_is_loopback and not keys.all():
         raise UnsafeBindError(
             f"refusing to listen on {settings.host} without an API key: anyone who can reach it could use "
             "the server. Create a key with `pipeserve keys create`, or listen on 127.0.0.1."

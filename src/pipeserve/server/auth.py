@@ -10,7 +10,7 @@ from pipeserve.keys import KeyStore
 
 async def require_key(request: Request) -> None:
     store: KeyStore = request.app.state.keys
-    if not store.keys():
+    if not store.all():
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -142,7 +142,9 @@ class ChatService:
                     choices=choices,
                     usage=usage,
                     system_fingerprint=run.fingerprint,
-                ).model_dump_json().encode()
+                )
+                .model_dump_json()
+                .encode()
             )
 
         try:

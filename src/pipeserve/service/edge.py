@@ -16,8 +16,16 @@ from pipeserve.protocol.chat_completions import (
 )
 
 # Fields whose support is scheduled but not built yet: named in a 400 rather than ignored.
-_NOT_YET = ("tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "audio", "prediction",
-            "web_search_options")
+_NOT_YET = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "parallel_tool_calls",
+    "audio",
+    "prediction",
+    "web_search_options",
+)
 _METADATA_LIMITS = (16, 64, 512)  # pairs, key length, value length: OpenAI's limits
 
 
@@ -30,8 +38,7 @@ def to_params(request: ChatCompletionRequest) -> ChatParams:
     stream = bool(_pick(request.stream, "stream"))
     if request.stream_options is not None and not stream:
         raise InvalidRequestError(
-            "The 'stream_options' parameter is only allowed when 'stream' is enabled. Remove it or set "
-            "'stream': true.",
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled. Remove it or set 'stream': true.",
             param="stream_options",
         )
     logprobs = bool(_pick(request.logprobs, "logprobs"))
@@ -45,8 +52,7 @@ def to_params(request: ChatCompletionRequest) -> ChatParams:
         model=request.model,
         messages=tuple(_message(i, message) for i, message in enumerate(request.messages)),
         n=_pick(request.n, "n"),
-        max_tokens=request.max_completion_tokens if request.max_completion_tokens is not None
-        else request.max_tokens,
+        max_tokens=request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens,
         sampling=SamplingParams(
             temperature=_pick(request.temperature, "temperature"),
             top_p=_pick(request.top_p, "top_p"),

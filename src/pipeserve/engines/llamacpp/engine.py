@@ -71,8 +71,7 @@ class LlamaCppEngine(Engine):
             ready.set_exception(exc)
             return
         self._model, self._scheduler = model, scheduler
-        log.info("%s: loaded %s (%d KV cells, %d sequences)", self.model_id, path, model.n_ctx,
-                 options.max_sequences)
+        log.info("%s: loaded %s (%d KV cells, %d sequences)", self.model_id, path, model.n_ctx, options.max_sequences)
         ready.set_result(None)
         try:
             scheduler.run()

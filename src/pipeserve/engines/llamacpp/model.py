@@ -24,9 +24,7 @@ _LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # GGML_LOG_LEVEL_WARN, _ER
 class LlamaModel:
     """The model, its vocabulary and one context holding the KV cache of all sequences."""
 
-    def __init__(
-        self, path: Path, *, n_ctx: int, n_seq_max: int, n_batch: int, threads: int
-    ) -> None:
+    def __init__(self, path: Path, *, n_ctx: int, n_seq_max: int, n_batch: int, threads: int) -> None:
         llama.llama_backend_init()
         # Keep a reference: llama.cpp calls back into this for as long as the process lives.
         self._log_callback = llama.llama_log_callback(self._on_log)
@@ -156,8 +154,6 @@ class LlamaModel:
             best = best[np.argsort(logits[best])[::-1]]
             for candidate in best.tolist():
                 raw = self.piece(candidate, special=True)
-                alternatives.append(
-                    TopToken(raw.decode(errors="replace"), raw, float(logits[candidate]) - log_total)
-                )
+                alternatives.append(TopToken(raw.decode(errors="replace"), raw, float(logits[candidate]) - log_total))
         raw = self.piece(token, special=True)
         return TokenLogprob(raw.decode(errors="replace"), raw, float(logits[token]) - log_total, alternatives)

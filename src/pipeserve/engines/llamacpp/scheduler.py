@@ -96,8 +96,9 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class Scheduler:
     """Owns the slots and runs the step loop. Only the engine thread calls its methods."""
 
-    def __init__(self, model: LlamaModel, *, n_slots: int, batch_size: int, max_waiting: int,
-                 dispatch: Dispatch) -> None:
+    def __init__(
+        self, model: LlamaModel, *, n_slots: int, batch_size: int, max_waiting: int, dispatch: Dispatch
+    ) -> None:
         self.model = model
         self.slots = [Slot(seq) for seq in range(n_slots)]
         self.batch_size = batch_size
@@ -148,11 +149,6 @@ class Scheduler:
         """Tokenize and check a new request here, on the engine thread, then queue it."""
         try:
             prepare(job)
-            if len(self.waiting) >= self.max_waiting:
-                raise RateLimitError(
-                    f"{len(self.waiting)} requests are already waiting for this model; retry shortly.",
-                    retry_after=1,
-                )
         except PipeserveError as error:
             accepted.set_exception(error)
             return
@@ -161,10 +157,22 @@ class Scheduler:
             accepted.set_exception(EngineError(f"the engine could not prepare the request: {exc}"))
             return
         self.waiting.append(job)
+        self._admit()
+        if job in self.waiting and len(self.waiting) > self.max_waiting:
+            self.waiting.remove(job)
+            accepted.set_exception(
+                RateLimitError(
+                    f"This model is at capacity and {self.max_waiting} requests are already waiting; "
+                    "retry after a moment.",
+                    retry_after=1,
+                )
+            )
+            return
         accepted.set_result(None)
 
     def _cancel(self, job: Job, choice: int | None, keep_cache: bool) -> None:
         """Stop one choice or the whole job; its sequences stop before the next step."""
+        log.debug("stop job %x choice %s keep_cache %s", id(job), choice, keep_cache)
         if job in self.waiting:
             if choice is None:
                 job.cancelled = True
@@ -284,7 +292,7 @@ class Scheduler:
                     self._put(batch, count, slot.pending, len(slot.tokens), slot.seq, True)
                     decoding.append((slot, count))
                     count += 1
-        finishing: list[tuple[Job, int]] = []
+        chunks: list[tuple[Job, list[int], int | None]] = []  # job, prompt chunk, logits row if it ends the prompt
         for job in self.prefilling:
             budget = self.batch_size - count
             if budget <= 0:
@@ -294,17 +302,20 @@ class Scheduler:
             chunk = job.prompt[start : start + budget]
             last = start + len(chunk) == len(job.prompt)
             for offset, token in enumerate(chunk):
-                is_last = last and offset == len(chunk) - 1
-                self._put(batch, count, token, start + offset, host.seq, is_last)
+                self._put(batch, count, token, start + offset, host.seq, last and offset == len(chunk) - 1)
                 count += 1
-            if last:
-                finishing.append((job, count - 1))
+            chunks.append((job, chunk, count - 1 if last else None))
         batch.n_tokens = count
         if count == 0:
             return
         status = self.model.decode()
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
+        finishing: list[tuple[Job, int]] = []
+        for job, chunk, row in chunks:
+            job.slots[0].tokens.extend(chunk)
+            if row is not None:
+                finishing.append((job, row))
 
         outputs: dict[int, list[Delta]] = {}
         for slot, row in decoding:
@@ -314,7 +325,6 @@ class Scheduler:
         for job, row in finishing:
             self.prefilling.remove(job)
             host = job.slots[0]
-            host.tokens.extend(job.prompt[len(host.tokens) :])
             for sibling in job.slots[1:]:
                 self.model.seq_copy(host.seq, sibling.seq, len(job.prompt))
                 sibling.tokens = list(job.prompt)

@@ -1,0 +1,94 @@
+"""Fixtures: the real server (`python -m pipeserve serve`) on a free port with the embedded model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    def client(self, api_key: str = "anything") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.v1, api_key=api_key, max_retries=0, timeout=120)
+
+    def async_client(self, api_key: str = "anything") -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.v1, api_key=api_key, max_retries=0, timeout=120)
+
+    def health(self) -> dict:  # type: ignore[type-arg]
+        return httpx.get(f"{self.url}/health", timeout=10).json()  # type: ignore[no-any-return]
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PIPESERVE_", "OPENAI_"))}
+
+
+def start_server(tmp: Path, *, config: str | None = None, extra_args: tuple[str, ...] = ()) -> Server:
+    port = free_port()
+    data_dir = tmp / "data"
+    args = [sys.executable, "-m", "pipeserve", "serve", "--port", str(port), "--data-dir", str(data_dir)]
+    if config is not None:
+        (tmp / "pipeserve.toml").write_text(config)
+        args += ["--config", str(tmp / "pipeserve.toml")]
+    log = tmp / "server.log"
+    process = subprocess.Popen([*args, *extra_args], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=clean_env())
+    server = Server(f"http://127.0.0.1:{port}", data_dir, process, log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"server did not start:\n{log.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("server"))
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> openai.OpenAI:
+    return server.client()

@@ -1,0 +1,189 @@
+"""The batching engine under load: concurrent streams, disconnects, a full queue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MODEL, Server, start_server, stop_server
+
+TOPICS = [
+    "ocean", "cat", "mountain", "coffee", "train", "moon", "rain", "book",
+    "music", "garden", "winter", "bread", "river", "owl", "clock", "star",
+]
+# Batched matrix products round differently from single ones (measured here: up to ~0.12 nats apart on
+# the same token); reading another sequence's KV entries would put them whole nats apart.
+TOLERANCE = 0.5
+
+
+def wait_until_idle(server: Server, timeout: float = 10.0) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while True:
+        model = server.health()["models"][0]
+        if model["running_sequences"] == 0 and model["waiting_requests"] == 0:
+            return model  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"engine still busy: {model}"
+        time.sleep(0.05)
+
+
+def _messages(topic: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Write three sentences about the {topic}."}]
+
+
+async def test_sixteen_concurrent_streams_all_finish_correctly(server: Server) -> None:
+    """Each stream, batched with 15 others, computes what the same request computes alone.
+
+    Batching changes floating-point rounding, so greedy texts may part ways at a near-tie; up to there the
+    tokens and their log-probabilities must agree, and the first token's distribution always must.
+    """
+    client = server.async_client()
+    alone = {}
+    for topic in TOPICS:
+        response = await client.chat.completions.create(
+            model=MODEL, messages=_messages(topic), max_tokens=40, temperature=0, logprobs=True, top_logprobs=3
+        )
+        alone[topic] = response.choices[0].logprobs.content  # type: ignore[union-attr]
+    peak = 0
+    done = False
+
+    async def watch() -> None:
+        nonlocal peak
+        async with httpx.AsyncClient() as http:
+            while not done:
+                stats = (await http.get(f"{server.url}/health")).json()["models"][0]
+                peak = max(peak, stats["running_sequences"])
+                await asyncio.sleep(0.02)
+
+    async def one(topic: str) -> tuple[list, str | None, openai.types.CompletionUsage | None]:  # type: ignore[type-arg]
+        stream = await client.chat.completions.create(
+            model=MODEL,
+            messages=_messages(topic),
+            max_tokens=40,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        entries, finish, usage = [], None, None
+        async for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                entries += choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
+                finish = choice.finish_reason or finish
+        return entries, finish, usage
+
+    watcher = asyncio.create_task(watch())
+    results = await asyncio.gather(*(one(topic) for topic in TOPICS))
+    done = True
+    await watcher
+    assert peak >= 8, f"the engine never ran requests together (peak {peak})"
+    for topic, (entries, finish, usage) in zip(TOPICS, results, strict=True):
+        reference = alone[topic]
+        assert finish in ("stop", "length")
+        assert usage is not None and len(entries) <= usage.completion_tokens <= 40
+        assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+        first = {t.token: t.logprob for t in entries[0].top_logprobs}
+        for candidate in reference[0].top_logprobs:
+            if candidate.token in first:
+                assert abs(first[candidate.token] - candidate.logprob) < TOLERANCE, topic
+        for mine, theirs in zip(entries, reference, strict=False):
+            if mine.token != theirs.token:
+                break
+            assert abs(mine.logprob - theirs.logprob) < TOLERANCE, (topic, mine, theirs)
+    wait_until_idle(server)
+
+
+def test_disconnect_mid_stream_frees_the_sequence(server: Server) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a very long essay about the history of bread."}],
+        "max_tokens": 3000,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{server.v1}/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        received = [next(lines) for _ in range(10)]
+        assert any(line.startswith("data: {") for line in received)
+        assert server.health()["models"][0]["running_sequences"] == 1
+    wait_until_idle(server, timeout=5)
+    # the server goes on serving
+    response = server.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    assert response.choices[0].message.content is not None
+
+
+def test_disconnect_of_a_plain_request_cancels_it(server: Server) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a very long essay about the history of clocks."}],
+        "max_tokens": 3000,
+        "n": 2,
+    }
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.v1}/chat/completions", json=body, timeout=httpx.Timeout(60, read=1.0))
+    wait_until_idle(server, timeout=5)
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory: pytest.TempPathFactory) -> Server:
+    config = """
+max_queued_requests = 0
+
+[[models]]
+id = "tiny"
+engine = "llamacpp"
+max_sequences = 16
+context_size = 8192
+"""
+    server = start_server(tmp_path_factory.mktemp("small"), config=config)
+    yield server  # type: ignore[misc]
+    stop_server(server)
+
+
+def test_full_queue_answers_429_with_retry_after(small_server: Server) -> None:
+    assert [m["id"] for m in small_server.health()["models"]] == ["tiny"]
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "Write a long essay about rivers."}],
+        "max_tokens": 400,
+        "n": 16,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{small_server.v1}/chat/completions", json=body, timeout=60) as busy:
+        assert busy.status_code == 200
+        lines = busy.iter_lines()  # kept: dropping the iterator would close the stream
+        next(lines)
+        second = httpx.post(
+            f"{small_server.v1}/chat/completions",
+            json={"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+            timeout=30,
+        )
+        assert second.status_code == 429
+        assert second.headers["retry-after"] == "1"
+        assert second.json()["error"]["type"] == "rate_limit_error"
+    wait_until_idle(small_server)
+    third = httpx.post(
+        f"{small_server.v1}/chat/completions",
+        json={"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+        timeout=30,
+    )
+    assert third.status_code == 200
+
+
+def test_n_beyond_the_kv_cache_is_a_400(small_server: Server) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4000, "n": 16}
+    response = httpx.post(f"{small_server.v1}/chat/completions", json=body, timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    assert response.json()["error"]["param"] == "n"
+
+
