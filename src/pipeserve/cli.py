@@ -81,7 +81,7 @@ def _keys(args: argparse.Namespace) -> int:
 def _settings_reference(_: argparse.Namespace) -> int:
     from pipeserve.docs import settings_reference
 
-    print(settings_reference())
+    sys.stdout.write(settings_reference())
     return 0
 
 

@@ -275,9 +275,13 @@ def test_all_roles_names_and_text_parts(client: openai.OpenAI) -> None:
         {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}], "name": "ada"},
         {"role": "assistant", "content": "Hello."},
         {"role": "user", "content": "What is 2+2?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a":2,"b":2}'}}
-        ]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a":2,"b":2}'}}
+            ],
+        },
         {"role": "tool", "content": "4", "tool_call_id": "call_1"},
         {"role": "function", "name": "add", "content": "4"},
     ]
@@ -317,9 +321,29 @@ def test_openpipe_base_path_and_alias(server: Server) -> None:
 
 def test_explicit_nulls_mean_defaults(server: Server) -> None:
     nullable = [
-        "audio", "function_call", "functions", "tool_choice", "tools", "n", "max_tokens", "max_completion_tokens",
-        "temperature", "top_p", "presence_penalty", "frequency_penalty", "stop", "response_format", "logprobs",
-        "top_logprobs", "stream_options", "store", "metadata", "stream", "seed", "logit_bias", "user",
+        "audio",
+        "function_call",
+        "functions",
+        "tool_choice",
+        "tools",
+        "n",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "stop",
+        "response_format",
+        "logprobs",
+        "top_logprobs",
+        "stream_options",
+        "store",
+        "metadata",
+        "stream",
+        "seed",
+        "logit_bias",
+        "user",
     ]
     body = {"model": MODEL, "messages": HELLO, **dict.fromkeys(nullable)}
     body["max_tokens"] = 3

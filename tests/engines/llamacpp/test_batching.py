@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import httpx
 import openai
@@ -13,8 +12,22 @@ import pytest
 from tests.conftest import MODEL, Server, start_server, stop_server
 
 TOPICS = [
-    "ocean", "cat", "mountain", "coffee", "train", "moon", "rain", "book",
-    "music", "garden", "winter", "bread", "river", "owl", "clock", "star",
+    "ocean",
+    "cat",
+    "mountain",
+    "coffee",
+    "train",
+    "moon",
+    "rain",
+    "book",
+    "music",
+    "garden",
+    "winter",
+    "bread",
+    "river",
+    "owl",
+    "clock",
+    "star",
 ]
 # Batched matrix products round differently from single ones (measured here: up to ~0.12 nats apart on
 # the same token); reading another sequence's KV entries would put them whole nats apart.
@@ -185,5 +198,3 @@ def test_n_beyond_the_kv_cache_is_a_400(small_server: Server) -> None:
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "context_length_exceeded"
     assert response.json()["error"]["param"] == "n"
-
-

@@ -40,7 +40,7 @@ class LlamaCppEngine(Engine):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         ready: Future[None] = Future()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name=f"engine:{self.model_id}")
+        self._thread = threading.Thread(target=self._run, args=(ready,), name=f"engine:{self.model_id}", daemon=True)
         self._thread.start()
         await asyncio.wrap_future(ready)
 
