@@ -27,24 +27,24 @@ def _digest(key: str) -> str:
 
 
 class KeyStore:
-    """The key file, re-read when it changes so that keys created while the server runs take effect."""
+    """The key file; keys created or revoked while the server runs take effect at once."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
+        self._raw: bytes | None = None
         self._keys: list[StoredKey] = []
 
     def all(self) -> list[StoredKey]:
+        # Read on every call (the file is tiny): timestamps and inodes can't be trusted to show a rewrite,
+        # and a revoked key must stop working at once.
         try:
-            stat = self.path.stat()
+            raw = self.path.read_bytes()
         except FileNotFoundError:
-            self._stamp, self._keys = None, []
+            self._raw, self._keys = None, []
             return []
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp != self._stamp:
-            data = json.loads(self.path.read_text())
-            self._keys = [StoredKey(**entry) for entry in data.get("keys", [])]
-            self._stamp = stamp
+        if raw != self._raw:
+            self._keys = [StoredKey(**entry) for entry in json.loads(raw).get("keys", [])]
+            self._raw = raw
         return self._keys
 
     def verify(self, key: str) -> bool:
@@ -75,4 +75,4 @@ class KeyStore:
         tmp.write_text(json.dumps({"keys": [asdict(k) for k in keys]}, indent=2))
         os.chmod(tmp, 0o600)
         tmp.replace(self.path)
-        self._stamp = None
+        self._raw = None

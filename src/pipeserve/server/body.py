@@ -13,8 +13,7 @@ from pipeserve.errors import InvalidRequestError
 
 Model = TypeVar("Model", bound=BaseModel)
 
-# After these, pydantic's location holds the tag of a discriminated union, not a field name.
-_TAGGED_FIELDS = {"response_format", "tool_choice", "function_call"}
+_NO_DATA = object()
 
 
 async def parse_body(request: Request, model: type[Model]) -> Model:
@@ -33,32 +32,43 @@ async def parse_body(request: Request, model: type[Model]) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise _to_error(exc.errors()[0]) from None
+        raise _to_error(exc.errors()[0], data) from None
 
 
-def param_path(loc: tuple[int | str, ...]) -> str:
-    """pydantic's error location as OpenAI writes a parameter: `messages[0].content`."""
+def param_path(loc: tuple[int | str, ...], data: Any = _NO_DATA) -> str:
+    """pydantic's error location as OpenAI writes a parameter: `messages[0].content`.
+
+    pydantic inserts union members and discriminator tags (`user`, `str`, `list[str]`) into locations;
+    walking the request body alongside tells them from real keys and indexes.
+    """
+    if data is _NO_DATA:
+        return _guess_path(loc)
     out = ""
-    previous: int | str | None = None
-    for element in loc:
-        if isinstance(element, int):
+    current = data
+    for position, element in enumerate(loc):
+        last = position == len(loc) - 1
+        if isinstance(element, int) and isinstance(current, list) and 0 <= element < len(current):
             out += f"[{element}]"
-        elif (
-            isinstance(previous, int)  # a role or part type tag
-            or previous in _TAGGED_FIELDS
-            or "[" in element
-            or element != element.lower()  # a model class name
-            or element in {"str", "int", "float", "bool", "list", "dict", "literal", "none"}
-        ):
-            pass
-        else:
+            current = current[element]
+        elif isinstance(element, str) and isinstance(current, dict) and (element in current or last):
             out += f".{element}" if out else element
-        previous = element
+            current = current.get(element)
     return out
 
 
-def _to_error(error: ErrorDetails) -> InvalidRequestError:
-    param = param_path(tuple(error["loc"]))
+def _guess_path(loc: tuple[int | str, ...]) -> str:
+    """Without the body (errors FastAPI raised itself), drop what looks like a union member name."""
+    out = ""
+    for element in loc:
+        if isinstance(element, int):
+            out += f"[{element}]"
+        elif "[" not in element and element not in {"str", "int", "float", "bool", "list", "dict"}:
+            out += f".{element}" if out else element
+    return out
+
+
+def _to_error(error: ErrorDetails, data: Any) -> InvalidRequestError:
+    param = param_path(tuple(error["loc"]), data)
     kind = error["type"]
     if kind == "extra_forbidden":
         return InvalidRequestError(f"Unrecognized request argument supplied: {param}", param=param)

@@ -49,6 +49,17 @@ class _Run:
     fingerprint: str
     choices: list[ChoiceState]
 
+    def chunk(self, choices: list[wire.ChunkChoice], usage: wire.Usage | None = None) -> bytes:
+        payload = wire.ChatCompletionChunk(
+            id=self.id,
+            created=self.created,
+            model=self.params.model,
+            choices=choices,
+            usage=usage,
+            system_fingerprint=self.fingerprint,
+        )
+        return sse(payload.model_dump_json().encode())
+
     def usage(self) -> wire.Usage:
         prompt = self.generation.prompt_tokens
         cached = min(self.generation.cached_tokens, prompt)
@@ -131,47 +142,33 @@ class ChatService:
         return self._stream(run)
 
     async def _stream(self, run: _Run) -> AsyncIterator[bytes]:
-        params = run.params
-
-        def chunk(choices: list[wire.ChunkChoice], usage: wire.Usage | None = None) -> bytes:
-            return sse(
-                wire.ChatCompletionChunk(
-                    id=run.id,
-                    created=run.created,
-                    model=params.model,
-                    choices=choices,
-                    usage=usage,
-                    system_fingerprint=run.fingerprint,
-                )
-                .model_dump_json()
-                .encode()
-            )
-
         try:
-            for choice in run.choices:
-                yield chunk([wire.ChunkChoice(index=choice.index, delta=wire.ChunkDelta(role="assistant", content=""))])
-            async for index, emitted in run.deltas():
-                if emitted.text or emitted.logprobs:
-                    logprobs = (
-                        wire.ChoiceLogprobs(content=_wire_logprobs(emitted.logprobs)) if params.logprobs else None
-                    )
-                    delta = wire.ChunkDelta(content=emitted.text)
-                    yield chunk([wire.ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
-                if emitted.finish_reason is not None:
-                    finish = wire.ChunkChoice(
-                        index=index,
-                        delta=wire.ChunkDelta(),
-                        finish_reason=emitted.finish_reason,  # type: ignore[arg-type]
-                    )
-                    yield chunk([finish])
-            if params.include_usage:
-                yield chunk([], run.usage())
-        except PipeserveError as error:
-            yield sse(_error_json(error))
-        except Exception as exc:  # an unexpected failure mid-stream still ends the stream properly
-            log.exception("stream failed")
-            yield sse(_error_json(EngineError(f"the stream failed: {exc}")))
-        yield SSE_DONE
+            try:
+                for choice in run.choices:
+                    role = wire.ChunkDelta(role="assistant", content="")
+                    yield run.chunk([wire.ChunkChoice(index=choice.index, delta=role)])
+                async for index, emitted in run.deltas():
+                    if emitted.text or emitted.logprobs:
+                        logprobs = _chunk_logprobs(emitted) if run.params.logprobs else None
+                        delta = wire.ChunkDelta(content=emitted.text)
+                        yield run.chunk([wire.ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
+                    if emitted.finish_reason is not None:
+                        finish = emitted.finish_reason
+                        yield run.chunk([wire.ChunkChoice(index=index, delta=wire.ChunkDelta(), finish_reason=finish)])  # type: ignore[arg-type]
+                if run.params.include_usage:
+                    yield run.chunk([], run.usage())
+            except PipeserveError as error:
+                yield sse(_error_json(error))
+            except Exception as exc:  # an unexpected failure mid-stream still ends the stream properly
+                log.exception("stream failed")
+                yield sse(_error_json(EngineError(f"the stream failed: {exc}")))
+            yield SSE_DONE
+        finally:
+            run.generation.cancel()  # no-op once finished; a consumer that left early frees its sequences
+
+
+def _chunk_logprobs(emitted: Emitted) -> wire.ChoiceLogprobs:
+    return wire.ChoiceLogprobs(content=_wire_logprobs(emitted.logprobs))
 
 
 def _error_json(error: PipeserveError) -> bytes:
