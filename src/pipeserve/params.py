@@ -6,7 +6,11 @@ Engines receive these, never wire models. Every default lives in `DEFAULTS`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
+
+# What the completion text is: plain content; content that may hold `<tool_call>` blocks (tool_choice auto);
+# or JSON tool calls under a constraint (tool_choice required or named).
+OutputMode = Literal["text", "auto_tools", "tool_json"]
 
 DEFAULTS: Final[dict[str, Any]] = {
     "n": 1,
@@ -22,6 +26,23 @@ DEFAULTS: Final[dict[str, Any]] = {
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the assistant made: `arguments` is the JSON text of the arguments, as on the wire."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    name: str
+    description: str | None
+    parameters: dict[str, Any]
+    strict: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     """One message, its content already flattened to text. `role` is the wire role."""
 
@@ -29,6 +50,8 @@ class ChatMessage:
     content: str
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +82,11 @@ class ChatParams:
     store: bool | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     user: str | None = None
+    # Structured output: the completion must be one JSON value valid against this schema (engines enforce it).
+    constraint: dict[str, Any] | None = None
+    # Tools the model is told about, and what its output means.
+    tools: tuple[ToolSpec, ...] = ()
+    output: OutputMode = "text"
+    parallel_tool_calls: bool = True
+    # Legacy `functions`: answer with `message.function_call` and finish_reason `function_call`.
+    legacy_functions: bool = False

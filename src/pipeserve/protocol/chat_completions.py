@@ -321,18 +321,35 @@ class ChatCompletion(BaseModel):
 # ---------------------------------------------------------------------------------------------------------
 
 
-class ChunkDelta(BaseModel):
-    """A delta carries only the fields that changed, as OpenAI sends them."""
-
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    refusal: str | None = None
-    reasoning_content: str | None = None
+class _Sparse(BaseModel):
+    """Stream deltas carry only the fields that changed, as OpenAI sends them."""
 
     @model_serializer(mode="wrap")
     def _drop_unset(self, handler: Any) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
         return {key: value for key, value in data.items() if value is not None}
+
+
+class ChunkFunction(_Sparse):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ChunkToolCall(_Sparse):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ChunkFunction
+
+
+class ChunkDelta(_Sparse):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ChunkToolCall] | None = None
+    function_call: ChunkFunction | None = None
+    # --- OpenPipe extension -------------------------------------------------------------------------------
+    reasoning_content: str | None = None
 
 
 class ChunkChoice(BaseModel):

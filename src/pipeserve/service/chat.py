@@ -16,6 +16,7 @@ from pipeserve.params import ChatParams
 from pipeserve.protocol import chat_completions as wire
 from pipeserve.service.choices import ChoiceState, Emitted
 from pipeserve.service.models import ModelRegistry
+from pipeserve.service.outputs import StreamShaper, final_message
 
 log = logging.getLogger("pipeserve.chat")
 
@@ -118,15 +119,13 @@ class ChatService:
         run = await self._start(params)
         async for _ in run.deltas():
             pass
-        choices = [
-            wire.Choice(
-                index=choice.index,
-                message=wire.ResponseMessage(content=choice.content),
-                finish_reason=choice.finish_reason or "stop",  # type: ignore[arg-type]
-                logprobs=wire.ChoiceLogprobs(content=_wire_logprobs(choice.logprobs)) if params.logprobs else None,
+        choices = []
+        for choice in run.choices:
+            message, finish = final_message(params, choice.content, choice.finish_reason or "stop")
+            logprobs = wire.ChoiceLogprobs(content=_wire_logprobs(choice.logprobs)) if params.logprobs else None
+            choices.append(
+                wire.Choice(index=choice.index, message=message, finish_reason=finish, logprobs=logprobs)  # type: ignore[arg-type]
             )
-            for choice in run.choices
-        ]
         return wire.ChatCompletion(
             id=run.id,
             created=run.created,
@@ -142,19 +141,26 @@ class ChatService:
         return self._stream(run)
 
     async def _stream(self, run: _Run) -> AsyncIterator[bytes]:
+        shapers = [StreamShaper(run.params) for _ in run.choices]
         try:
             try:
-                for choice in run.choices:
-                    role = wire.ChunkDelta(role="assistant", content="")
-                    yield run.chunk([wire.ChunkChoice(index=choice.index, delta=role)])
+                for index, shaper in enumerate(shapers):
+                    yield run.chunk([wire.ChunkChoice(index=index, delta=shaper.first())])
                 async for index, emitted in run.deltas():
-                    if emitted.text or emitted.logprobs:
-                        logprobs = _chunk_logprobs(emitted) if run.params.logprobs else None
-                        delta = wire.ChunkDelta(content=emitted.text)
-                        yield run.chunk([wire.ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
+                    shaper = shapers[index]
+                    deltas = shaper.feed(emitted.text)
+                    logprobs = _chunk_logprobs(emitted) if run.params.logprobs and emitted.logprobs else None
+                    if logprobs is not None and not deltas and run.params.output == "text":
+                        deltas = [wire.ChunkDelta(content="")]  # logprobs of text still held back
+                    for position, delta in enumerate(deltas):
+                        attach = logprobs if position == 0 else None
+                        yield run.chunk([wire.ChunkChoice(index=index, delta=delta, logprobs=attach)])
                     if emitted.finish_reason is not None:
-                        finish = emitted.finish_reason
-                        yield run.chunk([wire.ChunkChoice(index=index, delta=wire.ChunkDelta(), finish_reason=finish)])  # type: ignore[arg-type]
+                        tail, finish = shaper.finish(emitted.finish_reason)
+                        for delta in tail:
+                            yield run.chunk([wire.ChunkChoice(index=index, delta=delta)])
+                        end = wire.ChunkChoice(index=index, delta=wire.ChunkDelta(), finish_reason=finish)  # type: ignore[arg-type]
+                        yield run.chunk([end])
                 if run.params.include_usage:
                     yield run.chunk([], run.usage())
             except PipeserveError as error:

@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from pipeserve.errors import InvalidRequestError, UnsupportedParameterError
-from pipeserve.params import DEFAULTS, ChatMessage, ChatParams, SamplingParams
+from pipeserve.params import DEFAULTS, ChatMessage, ChatParams, OutputMode, SamplingParams, ToolCall, ToolSpec
 from pipeserve.protocol.chat_completions import (
     AssistantMessage,
     ChatCompletionRequest,
+    FunctionDefinition,
     FunctionMessage,
     Message,
     TextPart,
 )
+from pipeserve.structured.schema import check_schema
+from pipeserve.structured.tools import calls_schema
 
 # Fields whose support is scheduled but not built yet: named in a 400 rather than ignored.
-_NOT_YET = (
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "parallel_tool_calls",
-    "audio",
-    "prediction",
-    "web_search_options",
-)
+_NOT_YET = ("audio", "prediction", "web_search_options")
+_FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _METADATA_LIMITS = (16, 64, 512)  # pairs, key length, value length: OpenAI's limits
 
 
@@ -48,6 +44,13 @@ def to_params(request: ChatCompletionRequest) -> ChatParams:
             param="top_logprobs",
         )
     stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
+    tooling = _tooling(request)
+    if tooling.constraint is not None and stop:
+        raise InvalidRequestError(
+            "'stop' can't be combined with structured output: cutting the JSON at a stop string would break "
+            "it. Remove 'stop', or use a text response_format.",
+            param="stop",
+        )
     return ChatParams(
         model=request.model,
         messages=tuple(_message(i, message) for i, message in enumerate(request.messages)),
@@ -69,7 +72,86 @@ def to_params(request: ChatCompletionRequest) -> ChatParams:
         store=request.store,
         metadata=_metadata(request.metadata),
         user=request.user if request.user is not None else request.safety_identifier,
+        constraint=tooling.constraint,
+        tools=tooling.tools,
+        output=tooling.output,
+        parallel_tool_calls=tooling.parallel,
+        legacy_functions=tooling.legacy,
     )
+
+
+@dataclass(frozen=True)
+class _Tooling:
+    tools: tuple[ToolSpec, ...] = ()
+    output: OutputMode = "text"
+    constraint: dict[str, Any] | None = None
+    parallel: bool = True
+    legacy: bool = False
+
+
+def _tooling(request: ChatCompletionRequest) -> _Tooling:
+    """tools/functions, tool_choice/function_call and response_format: what the output must be."""
+    content_schema = _response_schema(request)
+    if request.tools is not None and request.functions is not None:
+        raise InvalidRequestError("Send either 'tools' or the legacy 'functions', not both.", param="functions")
+    legacy = request.functions is not None
+    name = "functions" if legacy else "tools"
+    choice_param = "function_call" if legacy else "tool_choice"
+    definitions = request.functions if legacy else [t.function for t in request.tools or []]
+    choice: Any = request.function_call if legacy else request.tool_choice
+    if request.tools is None and request.functions is None:
+        if request.tool_choice is not None or request.function_call is not None:
+            which = "tool_choice" if request.tool_choice is not None else "function_call"
+            needs = "tools" if which == "tool_choice" else "functions"
+            raise InvalidRequestError(f"'{which}' is only allowed when '{needs}' are specified.", param=which)
+        if request.parallel_tool_calls is not None:
+            raise InvalidRequestError(
+                "'parallel_tool_calls' is only allowed when 'tools' are specified.", param="parallel_tool_calls"
+            )
+        return _Tooling(constraint=content_schema)
+    assert definitions is not None
+    if not definitions:
+        raise InvalidRequestError(f"'{name}' must list at least one function; remove it to call none.", param=name)
+    tools = tuple(_tool_spec(i, d, name if legacy else f"tools[{i}].function") for i, d in enumerate(definitions))
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise InvalidRequestError(f"Function names in '{name}' must be unique.", param=name)
+    parallel = False if legacy else request.parallel_tool_calls is not False
+    if choice is None or choice == "auto":
+        return _Tooling(tools, "auto_tools", content_schema, parallel, legacy)
+    if choice == "none":
+        return _Tooling((), "text", content_schema, parallel, legacy)
+    if choice == "required":
+        return _Tooling(tools, "tool_json", calls_schema(tools, parallel=parallel), parallel, legacy)
+    wanted = choice.name if legacy else choice.function.name
+    chosen = tuple(t for t in tools if t.name == wanted)
+    if not chosen:
+        raise InvalidRequestError(
+            f"'{choice_param}' names the function '{wanted}', which is not among the {name}: {names}.",
+            param=choice_param,
+        )
+    return _Tooling(tools, "tool_json", calls_schema(chosen, parallel=False), False, legacy)
+
+
+def _tool_spec(index: int, definition: FunctionDefinition, param: str) -> ToolSpec:
+    if not definition.name or not _FUNCTION_NAME.fullmatch(definition.name):
+        raise InvalidRequestError(
+            f"Invalid function name {definition.name!r}: use a-z, A-Z, 0-9, underscores and dashes, at most 64.",
+            param=f"{param}.name",
+        )
+    parameters = definition.parameters if definition.parameters is not None else {"type": "object", "properties": {}}
+    check_schema(parameters, param=f"{param}.parameters")
+    return ToolSpec(definition.name, definition.description, parameters, definition.strict)
+
+
+def _response_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
+    fmt = request.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "object"}
+    schema = fmt.json_schema.schema_ if fmt.json_schema.schema_ is not None else {}
+    return check_schema(schema, param="response_format.json_schema.schema")
 
 
 def _reject_unsupported(request: ChatCompletionRequest) -> None:
@@ -79,12 +161,6 @@ def _reject_unsupported(request: ChatCompletionRequest) -> None:
                 f"'{name}' is not supported by this pipeserve version yet. Remove it from the request.",
                 param=name,
             )
-    if request.response_format is not None and request.response_format.type != "text":
-        raise UnsupportedParameterError(
-            f"response_format of type '{request.response_format.type}' is not supported by this pipeserve "
-            "version yet. Use {'type': 'text'} or remove response_format.",
-            param="response_format",
-        )
     if request.modalities is not None and "audio" in request.modalities:
         raise UnsupportedParameterError(
             "This model produces text only. Use modalities ['text'] or remove the field.", param="modalities"
@@ -109,7 +185,9 @@ def _message(index: int, message: Message) -> ChatMessage:
     if isinstance(message, FunctionMessage):
         return ChatMessage("function", message.content or "", name=message.name)
     if isinstance(message, AssistantMessage):
-        return ChatMessage("assistant", _assistant_text(message), name=message.name)
+        return ChatMessage(
+            "assistant", _assistant_text(message), name=message.name, tool_calls=_assistant_calls(message)
+        )
     content = message.content
     if isinstance(content, str):
         text = content
@@ -136,18 +214,17 @@ def _message(index: int, message: Message) -> ChatMessage:
 
 def _assistant_text(message: AssistantMessage) -> str:
     if message.content is None:
-        text = message.refusal or ""
-    elif isinstance(message.content, str):
-        text = message.content
-    else:
-        text = "\n".join(part.text if isinstance(part, TextPart) else part.refusal for part in message.content)
-    # Until tool calling lands, earlier calls are kept in the prompt as JSON rather than dropped.
-    calls = [call.function.model_dump() for call in message.tool_calls or []]
+        return message.refusal or ""
+    if isinstance(message.content, str):
+        return message.content
+    return "\n".join(part.text if isinstance(part, TextPart) else part.refusal for part in message.content)
+
+
+def _assistant_calls(message: AssistantMessage) -> tuple[ToolCall, ...]:
+    calls = [ToolCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or []]
     if message.function_call is not None:
-        calls.append(message.function_call.model_dump())
-    if calls:
-        text = (text + "\n" if text else "") + json.dumps({"tool_calls": calls}, ensure_ascii=False)
-    return text
+        calls.append(ToolCall("call_function", message.function_call.name, message.function_call.arguments))
+    return tuple(calls)
 
 
 def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:

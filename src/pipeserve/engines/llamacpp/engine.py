@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from pydantic import ValidationError
 
 from pipeserve.engines.base import Delta, Engine, EngineStats, Generation
+from pipeserve.engines.llamacpp.guided import Guide
 from pipeserve.engines.llamacpp.model import LlamaModel
 from pipeserve.engines.llamacpp.options import LlamaCppOptions
 from pipeserve.engines.llamacpp.scheduler import Job, Scheduler
@@ -94,7 +95,7 @@ class LlamaCppEngine(Engine):
         scheduler = self._scheduler
         if scheduler is None or self._template is None:
             raise EngineUnavailableError(f"the model {self.model_id} is not running")
-        prompt_text = self._template.render(params.messages)
+        prompt_text = self._template.render(params.messages, params.tools)
         if params.sampling.logit_bias:
             self._check_logit_bias(params)
         job = Job(
@@ -104,6 +105,7 @@ class LlamaCppEngine(Engine):
             sampling=params.sampling,
             top_logprobs=params.top_logprobs if params.logprobs else None,
             dispatch_to=None,
+            schema=params.constraint,
         )
         generation = Generation(
             0, lambda choice, keep_cache: scheduler.inbox.put(("cancel", (job, choice, keep_cache)))
@@ -122,6 +124,8 @@ class LlamaCppEngine(Engine):
         job.prompt = model.tokenize(prompt_text, add_special=add_bos)
         window = self.context_window
         prompt = len(job.prompt)
+        if job.schema is not None:
+            self._prepare_constraint(job, params)
         if params.max_tokens is None:
             job.max_tokens = min(window, model.n_ctx // params.n) - prompt
             if job.max_tokens < 1:
@@ -144,6 +148,19 @@ class LlamaCppEngine(Engine):
                 f"model's KV cache of {model.n_ctx} tokens. Lower n or max_completion_tokens, or raise the "
                 "model's context_size.",
                 param="n",
+            )
+
+    def _prepare_constraint(self, job: Job, params: ChatParams) -> None:
+        assert job.schema is not None and self._scheduler is not None
+        param = "tools" if params.output == "tool_json" else "response_format"
+        compiler = self._scheduler.guides
+        job.grammar = compiler.compile(job.schema, param=param)
+        needed = Guide(compiler, job.grammar, job.schema).minimal_tokens()
+        if params.max_tokens is not None and params.max_tokens < needed:
+            raise InvalidRequestError(
+                f"The shortest output valid against this schema takes {needed} tokens, but the completion may "
+                f"use only {params.max_tokens}. Raise max_completion_tokens.",
+                param="max_completion_tokens",
             )
 
     def _check_logit_bias(self, params: ChatParams) -> None:

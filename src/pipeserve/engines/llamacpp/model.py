@@ -143,9 +143,14 @@ class LlamaModel:
     def decode(self) -> int:
         return int(llama.llama_decode(self.ctx, self.batch))
 
+    def logits(self, row: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The logits of one output row, as a writable view into llama.cpp's buffer."""
+        return np.ctypeslib.as_array(llama.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,))
+
     def logprobs(self, row: int, token: int, top: int) -> TokenLogprob:
-        """Log-probabilities under the model's own distribution (before temperature and penalties)."""
-        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,))
+        """Log-probabilities under the model's distribution (before temperature and penalties; under a
+        constraint, of the constrained distribution)."""
+        logits = self.logits(row)
         peak = float(logits.max())
         log_total = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
         alternatives: list[TopToken] = []
@@ -153,6 +158,8 @@ class LlamaModel:
             best = np.argpartition(logits, -top)[-top:]
             best = best[np.argsort(logits[best])[::-1]]
             for candidate in best.tolist():
+                if not np.isfinite(logits[candidate]):
+                    continue  # masked out by a constraint: not a possible token
                 raw = self.piece(candidate, special=True)
                 alternatives.append(TopToken(raw.decode(errors="replace"), raw, float(logits[candidate]) - log_total))
         raw = self.piece(token, special=True)

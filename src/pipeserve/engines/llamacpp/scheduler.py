@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeserve.engines.base import Delta, EngineStats
 from pipeserve.engines.llamacpp import sampling
+from pipeserve.engines.llamacpp.guided import Guide, GuideCompiler
 from pipeserve.engines.llamacpp.model import LlamaModel
 from pipeserve.errors import EngineError, PipeserveError, RateLimitError
 from pipeserve.params import SamplingParams
@@ -39,6 +40,8 @@ class Job:
     sampling: SamplingParams
     top_logprobs: int | None  # None: no logprobs
     dispatch_to: Any  # the Generation the deltas are for; opaque here
+    schema: dict[str, Any] | None = None  # constrained output: a JSON schema and its compiled grammar
+    grammar: str | None = None
     slots: list[Slot] = field(default_factory=list)
     cached_tokens: int = 0
     cancelled: bool = False
@@ -62,6 +65,7 @@ class Slot:
     pending: int | None = None  # sampled, not yet decoded
     generated: int = 0
     decoder: codecs.IncrementalDecoder | None = None
+    guide: Guide | None = None
     last_used: float = 0.0
 
     def release(self, model: LlamaModel, *, keep_cache: bool) -> None:
@@ -71,6 +75,7 @@ class Slot:
         self.job = None
         self.pending = None
         self.decoder = None
+        self.guide = None
         self.last_used = time.monotonic()
         if not keep_cache:
             self.clear(model)
@@ -100,6 +105,7 @@ class Scheduler:
         self, model: LlamaModel, *, n_slots: int, batch_size: int, max_waiting: int, dispatch: Dispatch
     ) -> None:
         self.model = model
+        self.guides = GuideCompiler(model)
         self.slots = [Slot(seq) for seq in range(n_slots)]
         self.batch_size = batch_size
         self.max_waiting = max_waiting
@@ -279,6 +285,8 @@ class Scheduler:
                 max_tokens=job.max_tokens,
                 seed=sampling.choice_seed(job.sampling.seed, choice),
             )
+            if job.grammar is not None and job.schema is not None:
+                slot.guide = Guide(self.guides, job.grammar, job.schema)
         self.prefilling.append(job)
 
     # --- one step ------------------------------------------------------------------------------------
@@ -345,22 +353,35 @@ class Scheduler:
         job = slot.job
         assert job is not None and slot.decoder is not None
         model = self.model
+        if slot.guide is not None:
+            slot.guide.mask(model.logits(row))
         token = sampling.sample(slot.sampler, model.ctx, row)
         slot.generated += 1
         logprobs = None
         finish: str | None = None
+        tokens = 1
         if model.is_eog(token):
             text = slot.decoder.decode(b"", final=True)
             finish = "stop"
         else:
-            if job.top_logprobs is not None:
-                logprobs = [model.logprobs(row, token, job.top_logprobs)]
+            before = slot.decoder.getstate()
             text = slot.decoder.decode(model.piece(token))
-            slot.pending = token
-            if slot.generated >= job.max_tokens or len(slot.tokens) + 1 >= model.n_ctx:
-                text += slot.decoder.decode(b"", final=True)
+            closing = slot.guide.take(token, text, job.max_tokens - slot.generated) if slot.guide else None
+            if closing is not None:
+                # The budget is down to what closing the JSON takes: close it instead of taking the token.
+                slot.decoder.setstate(before)
+                text = slot.decoder.decode(b"", final=True) + closing
+                tokens = self.guides.closing_tokens(closing)
+                slot.generated += tokens - 1
                 finish = "length"
-        outputs.setdefault(id(job), []).append(Delta(slot.choice, text, 1, logprobs, finish))
+            else:
+                if job.top_logprobs is not None:
+                    logprobs = [model.logprobs(row, token, job.top_logprobs)]
+                slot.pending = token
+                if slot.generated >= job.max_tokens or len(slot.tokens) + 1 >= model.n_ctx:
+                    text += slot.decoder.decode(b"", final=True)
+                    finish = "length"
+        outputs.setdefault(id(job), []).append(Delta(slot.choice, text, tokens, logprobs, finish))
         if finish is not None:
             slot.release(model, keep_cache=True)
 
