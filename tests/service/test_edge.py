@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
 from pipeserve.errors import PipeserveError
-from pipeserve.params import DEFAULTS, ChatMessage, ChatParams, SamplingParams
+from pipeserve.params import DEFAULTS, ChatMessage, ChatParams, SamplingParams, ToolCall
 from pipeserve.protocol.chat_completions import ChatCompletionRequest
 from pipeserve.service.edge import to_params
 
@@ -112,17 +111,17 @@ def test_developer_tool_and_function_messages() -> None:
     )
 
 
-def test_assistant_tool_calls_are_kept_as_json_text() -> None:
+def test_assistant_tool_calls_become_tool_calls() -> None:
     call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
-    expected = json.dumps({"tool_calls": [{"name": "f", "arguments": '{"x": 1}'}]})
     only_calls, with_text, legacy = messages(
         {"role": "assistant", "tool_calls": [call]},
         {"role": "assistant", "content": "Let me look.", "tool_calls": [call], "name": "a"},
         {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": '{"x": 1}'}},
     )
-    assert only_calls == ChatMessage("assistant", expected)
-    assert with_text == ChatMessage("assistant", "Let me look.\n" + expected, name="a")
-    assert legacy == ChatMessage("assistant", expected)
+    expected = (ToolCall("call_1", "f", '{"x": 1}'),)
+    assert only_calls == ChatMessage("assistant", "", tool_calls=expected)
+    assert with_text == ChatMessage("assistant", "Let me look.", name="a", tool_calls=expected)
+    assert legacy == ChatMessage("assistant", "", tool_calls=(ToolCall("call_function", "f", '{"x": 1}'),))
 
 
 def test_assistant_text_parts_and_refusals() -> None:
@@ -136,16 +135,12 @@ def test_assistant_text_parts_and_refusals() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
         ("tool_choice", "auto"),
-        ("functions", [{"name": "f"}]),
         ("function_call", "none"),
         ("parallel_tool_calls", False),
         ("audio", {"format": "wav", "voice": "alloy"}),
         ("prediction", {"type": "content", "content": "x"}),
         ("web_search_options", {}),
-        ("response_format", {"type": "json_object"}),
-        ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
         ("modalities", ["text", "audio"]),
         ("reasoning_effort", "low"),
         ("verbosity", "low"),
@@ -153,7 +148,7 @@ def test_assistant_text_parts_and_refusals() -> None:
         ("service_tier", "priority"),
     ],
 )
-def test_fields_not_supported_yet_are_refused_by_name(field: str, value: Any) -> None:
+def test_unsupported_or_orphan_fields_are_refused_by_name(field: str, value: Any) -> None:
     error = rejected(**{field: value})
     assert error.param == field
     assert field in error.message

@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from pipeserve.structured.schema import Schema, SchemaView, complete_to_pattern
+from pipeserve.structured.schema import Schema, SchemaView, string_completion
 
 _WS = " \t\n\r"
 _NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
@@ -256,7 +256,7 @@ class JsonCloser:
             choices = [schema["const"]]
         if choices:
             return fix + _escape(str(min(choices, key=len))[len(frame.text) :]) + '"'
-        tail = complete_to_pattern(frame.text, schema["pattern"]) if schema.get("pattern") else ""
+        tail = string_completion(frame.text, schema)
         padding = max(schema.get("minLength", 0) - len(frame.text) - len(tail), 0)
         return fix + _escape(tail) + "a" * int(padding) + '"'
 
@@ -283,6 +283,8 @@ class JsonCloser:
         if frame.state == "key":
             key = missing[0] if missing else self._spare_key(frame, schema)
             return self._member(schema, key)
+        if not missing and len(frame.keys) < schema.get("minProperties", 0):
+            missing = [self._spare_key(frame, schema)]
         if missing:
             lead = _SEP_ITEM if frame.state == "comma_or_end" else ""
             return lead + self._member(schema, missing[0])
@@ -292,7 +294,7 @@ class JsonCloser:
         for name in schema.get("properties", {}):
             if name not in frame.keys:
                 return str(name)
-        return self._key_completion(frame, "k")
+        return "k" + self._key_completion(frame, "k")
 
     def _member(self, schema: Schema, key: str) -> str:
         return self._dump(key) + _SEP_KEY + self._dump(self.view.minimal(self.view.property(schema, key)))

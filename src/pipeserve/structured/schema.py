@@ -128,7 +128,11 @@ class SchemaView:
             count = schema.get("minItems", 0)
             return [self.minimal(self.item(schema, i), depth + 1) for i in range(count)]
         if kind == "object":
-            return {key: self.minimal(self.property(schema, key), depth + 1) for key in schema.get("required", [])}
+            keys = list(schema.get("required", []))
+            spare = [k for k in schema.get("properties", {}) if k not in keys]
+            while len(keys) < schema.get("minProperties", 0):
+                keys.append(spare.pop(0) if spare else f"k{len(keys)}")
+            return {key: self.minimal(self.property(schema, key), depth + 1) for key in keys}
         return None
 
     @staticmethod
@@ -174,6 +178,33 @@ def _string(schema: Schema) -> str:
         if sample is not None and len(sample) >= size:
             return sample
     return "a" * int(size)
+
+
+# Regexes for the string formats whose truncated values the closer completes.
+FORMAT_PATTERNS = {
+    "date-time": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$",
+    "date": r"^\d{4}-\d{2}-\d{2}$",
+    "time": r"^\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?$",
+    "email": r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+    "uuid": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+    "ipv4": r"^\d{1,3}(\.\d{1,3}){3}$",
+}
+
+
+def string_completion(prefix: str, schema: Schema) -> str:
+    """A short suffix that makes a truncated string satisfy its schema's pattern or format."""
+    if schema.get("pattern"):
+        return complete_to_pattern(prefix, schema["pattern"])
+    fmt = schema.get("format")
+    if fmt in FORMAT_PATTERNS:
+        pattern = FORMAT_PATTERNS[fmt]
+        if re.search(pattern, prefix):
+            return ""
+        sample = _FORMAT_SAMPLES[fmt]
+        for start in range(len(sample) + 1):
+            if re.search(pattern, prefix + sample[start:]):
+                return sample[start:]
+    return ""
 
 
 def complete_to_pattern(prefix: str, pattern: str) -> str:

@@ -1,0 +1,180 @@
+"""response_format end to end: the content is always valid, even when the budget runs out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+import jsonschema
+import openai
+import pytest
+
+from tests.conftest import MODEL, Server
+from tests.structured.schemas import random_schema
+
+CHECKER = jsonschema.Draft202012Validator.FORMAT_CHECKER
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer", "minimum": 0, "maximum": 130},
+        "height": {"type": "number"},
+        "role": {"enum": ["engineer", "artist", "farmer"]},
+        "address": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
+            "required": ["city", "zip"],
+            "additionalProperties": False,
+        },
+        "skills": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    },
+    "required": ["name", "age", "height", "role", "address", "skills"],
+    "additionalProperties": False,
+}
+ASK = [{"role": "user", "content": "Describe a fictional person as JSON."}]
+
+
+def schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+
+
+def assert_valid(text: str | None, schema: dict[str, Any]) -> Any:
+    assert text is not None
+    value = json.loads(text)
+    jsonschema.Draft202012Validator(schema, format_checker=CHECKER).validate(value)
+    return value
+
+
+def test_json_object(client: openai.OpenAI) -> None:
+    for stream in (False, True):
+        kwargs: dict[str, Any] = {"model": MODEL, "messages": ASK, "response_format": {"type": "json_object"}}
+        if stream:
+            chunks = client.chat.completions.create(**kwargs, max_tokens=40, stream=True)
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            text = client.chat.completions.create(**kwargs, max_tokens=40).choices[0].message.content or ""
+        assert isinstance(json.loads(text), dict)
+
+
+def test_json_schema_nested_objects_arrays_enums_numbers(client: openai.OpenAI) -> None:
+    response = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        response_format=schema_format(PERSON),
+        max_tokens=200,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    assert_valid(response.choices[0].message.content, PERSON)
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,  # type: ignore[arg-type]
+        response_format=schema_format(PERSON),  # type: ignore[arg-type]
+        max_tokens=200,
+        temperature=0,
+        stream=True,
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert streamed == response.choices[0].message.content
+
+
+@pytest.mark.parametrize("budget", [45, 46, 50, 55, 60, 75, 90])
+def test_a_short_budget_still_gives_valid_json_with_finish_length(client: openai.OpenAI, budget: int) -> None:
+    response = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        response_format=schema_format(PERSON),
+        max_tokens=budget,
+        seed=budget,  # type: ignore[arg-type]
+    )
+    choice = response.choices[0]
+    assert_valid(choice.message.content, PERSON)
+    assert response.usage is not None and response.usage.completion_tokens <= budget
+    if choice.finish_reason == "length":
+        assert response.usage.completion_tokens == budget
+    else:
+        assert choice.finish_reason == "stop"
+
+
+def test_a_budget_below_the_shortest_valid_output_is_a_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=ASK, response_format=schema_format(PERSON), max_tokens=5)  # type: ignore[arg-type]
+    assert caught.value.body["param"] == "max_completion_tokens"  # type: ignore[index]
+
+
+async def test_fifty_random_schemas_all_yield_valid_output(server: Server) -> None:
+    client = server.async_client()
+    rng = random.Random(2026)
+    schemas = [random_schema(rng) for _ in range(50)]
+    gate = asyncio.Semaphore(10)
+
+    async def run(index: int, schema: dict[str, Any]) -> None:
+        async with gate:
+            response = await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": f"Answer with JSON for item {index}."}],
+                response_format=schema_format(schema),  # type: ignore[arg-type]
+                max_tokens=rng.choice([60, 80, 120]),
+                seed=index,
+            )
+        assert_valid(response.choices[0].message.content, schema)
+
+    await asyncio.gather(*(run(i, s) for i, s in enumerate(schemas)))
+
+
+def test_n_choices_are_each_valid(client: openai.OpenAI) -> None:
+    response = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,
+        response_format=schema_format(PERSON),
+        max_tokens=120,
+        n=3,  # type: ignore[arg-type]
+    )
+    assert len(response.choices) == 3
+    for choice in response.choices:
+        assert_valid(choice.message.content, PERSON)
+
+
+@pytest.mark.parametrize(
+    ("schema", "words"),
+    [
+        ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "uniqueItems"),
+        ({"type": "object", "dependentRequired": {"a": ["b"]}}, "dependentRequired"),
+        ({"not": {"type": "string"}}, "not"),
+    ],
+)
+def test_a_keyword_that_cannot_be_enforced_is_a_400_naming_it(
+    client: openai.OpenAI, schema: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=ASK, response_format=schema_format(schema), max_tokens=30)  # type: ignore[arg-type]
+    assert words in caught.value.body["message"]  # type: ignore[index]
+    assert caught.value.body["param"] == "response_format"  # type: ignore[index]
+
+
+def test_an_invalid_schema_is_a_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=ASK,
+            response_format=schema_format({"type": "nonsense"}),
+            max_tokens=30,  # type: ignore[arg-type]
+        )
+    assert caught.value.body["param"] == "response_format.json_schema.schema"  # type: ignore[index]
+
+
+def test_stop_with_structured_output_is_a_400(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=ASK, response_format={"type": "json_object"}, stop=["}"], max_tokens=30
+        )
+    assert caught.value.body["param"] == "stop"  # type: ignore[index]
+
+
+def test_text_format_is_unconstrained(client: openai.OpenAI) -> None:
+    plain = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=20, temperature=0)
+    text = client.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=20, temperature=0, response_format={"type": "text"}
+    )
+    assert text.choices[0].message.content == plain.choices[0].message.content
