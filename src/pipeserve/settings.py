@@ -31,6 +31,14 @@ class ModelConfig(BaseModel):
         default="llamacpp",
         description="Engine that runs the model: the name of a module under `pipeserve.engines`.",
     )
+    reasoning: bool = Field(
+        default=False,
+        description="The model thinks before answering (DeepSeek-R1 distills, Qwen3, ...): text up to the "
+        "closing think tag goes to `reasoning_content` and counts as reasoning tokens.",
+    )
+    think_tags: tuple[str, str] = Field(
+        default=("<think>", "</think>"), description="Opening and closing tags of a reasoning model's thinking."
+    )
 
     @property
     def engine_options(self) -> dict[str, Any]:

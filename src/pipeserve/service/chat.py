@@ -15,8 +15,9 @@ from pipeserve.errors import EngineError, PipeserveError
 from pipeserve.params import ChatParams
 from pipeserve.protocol import chat_completions as wire
 from pipeserve.service.choices import ChoiceState, Emitted
-from pipeserve.service.models import ModelRegistry
+from pipeserve.service.models import ModelRegistry, ServedModel
 from pipeserve.service.outputs import StreamShaper, final_message
+from pipeserve.service.reasoning import ThinkSplitter
 
 log = logging.getLogger("pipeserve.chat")
 
@@ -65,12 +66,15 @@ class _Run:
         prompt = self.generation.prompt_tokens
         cached = min(self.generation.cached_tokens, prompt)
         completion = sum(choice.tokens for choice in self.choices)
+        reasoning = sum(choice.reasoning_tokens for choice in self.choices)
         return wire.Usage(
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=prompt + completion,
             prompt_tokens_details=wire.PromptTokensDetails(cached_tokens=cached),
-            completion_tokens_details=wire.CompletionTokensDetails(text_tokens=completion),
+            completion_tokens_details=wire.CompletionTokensDetails(
+                reasoning_tokens=reasoning, text_tokens=completion - reasoning
+            ),
             prompt_cache_hit_tokens=cached,
             prompt_cache_miss_tokens=prompt - cached,
         )
@@ -112,8 +116,12 @@ class ChatService:
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
             fingerprint=served.fingerprint,
-            choices=[ChoiceState(i, params.stop) for i in range(params.n)],
+            choices=[ChoiceState(i, params.stop, self._splitter(served)) for i in range(params.n)],
         )
+
+    @staticmethod
+    def _splitter(served: ServedModel) -> ThinkSplitter | None:
+        return ThinkSplitter(*served.config.think_tags) if served.config.reasoning else None
 
     async def complete(self, params: ChatParams) -> wire.ChatCompletion:
         run = await self._start(params)
@@ -122,6 +130,7 @@ class ChatService:
         choices = []
         for choice in run.choices:
             message, finish = final_message(params, choice.content, choice.finish_reason or "stop")
+            message.reasoning_content = choice.reasoning_content
             logprobs = wire.ChoiceLogprobs(content=_wire_logprobs(choice.logprobs)) if params.logprobs else None
             choices.append(
                 wire.Choice(index=choice.index, message=message, finish_reason=finish, logprobs=logprobs)  # type: ignore[arg-type]
@@ -148,6 +157,9 @@ class ChatService:
                     yield run.chunk([wire.ChunkChoice(index=index, delta=shaper.first())])
                 async for index, emitted in run.deltas():
                     shaper = shapers[index]
+                    if emitted.reasoning:
+                        thought = wire.ChunkDelta(reasoning_content=emitted.reasoning)
+                        yield run.chunk([wire.ChunkChoice(index=index, delta=thought)])
                     deltas = shaper.feed(emitted.text)
                     logprobs = _chunk_logprobs(emitted) if run.params.logprobs and emitted.logprobs else None
                     if logprobs is not None and not deltas and run.params.output == "text":

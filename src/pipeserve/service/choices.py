@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeserve.engines.base import Delta, TokenLogprob
+from pipeserve.service.reasoning import ThinkSplitter
+from pipeserve.textutil import partial_suffix
 
 
 @dataclass(slots=True)
@@ -14,6 +16,7 @@ class Emitted:
     text: str
     logprobs: list[TokenLogprob]
     finish_reason: str | None
+    reasoning: str = ""
 
 
 @dataclass
@@ -27,9 +30,12 @@ class ChoiceState:
 
     index: int
     stop: tuple[str, ...]
+    think: ThinkSplitter | None = None  # a reasoning model's thinking goes to `reasoning`, not the text
     tokens: int = 0
+    reasoning_tokens: int = 0
     finish_reason: str | None = None
     text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     _held: str = ""
     _received: int = 0
@@ -40,34 +46,35 @@ class ChoiceState:
         if self.finish_reason is not None:
             return None  # already finished by a stop string; the engine's in-flight tokens are dropped
         self.tokens += delta.tokens
-        for entry in delta.logprobs or ():
-            self._pending.append((self._received, entry))
-        self._held += delta.text
-        self._received += len(delta.text)
+        text, thought, thinking = delta.text, "", False
+        if self.think is not None:
+            thinking = self.think.thinking
+            thought, text = self.think.feed(text)
+            if delta.finish_reason is not None:
+                thought += self.think.flush()
+            self.reasoning.append(thought)
+        if thinking:
+            # Tokens read while thinking are reasoning tokens; their logprobs are not reported (as OpenAI).
+            self.reasoning_tokens += delta.tokens
+        else:
+            for entry in delta.logprobs or ():
+                self._pending.append((self._received, entry))
+        self._held += text
+        self._received += len(text)
 
         cut = self._stop_at()
         if cut is not None:
-            return self._release(self._held[:cut], "stop", drop_rest=True)
+            return self._release(self._held[:cut], "stop", drop_rest=True, thought=thought)
         if delta.finish_reason is not None:
-            return self._release(self._held, delta.finish_reason, drop_rest=False)
-        keep = self._partial_stop_suffix()
-        return self._release(self._held[: len(self._held) - keep], None, drop_rest=False)
+            return self._release(self._held, delta.finish_reason, drop_rest=False, thought=thought)
+        keep = partial_suffix(self._held, self.stop)
+        return self._release(self._held[: len(self._held) - keep], None, drop_rest=False, thought=thought)
 
     def _stop_at(self) -> int | None:
         found = [i for i in (self._held.find(s) for s in self.stop) if i >= 0]
         return min(found) if found else None
 
-    def _partial_stop_suffix(self) -> int:
-        """Length of the longest end of the held text that a stop string starts with."""
-        best = 0
-        for stop in self.stop:
-            for size in range(min(len(stop) - 1, len(self._held)), best, -1):
-                if self._held.endswith(stop[:size]):
-                    best = size
-                    break
-        return best
-
-    def _release(self, text: str, finish: str | None, *, drop_rest: bool) -> Emitted:
+    def _release(self, text: str, finish: str | None, *, drop_rest: bool, thought: str) -> Emitted:
         self._held = self._held[len(text) :]
         self._emitted += len(text)
         released: list[TokenLogprob] = []
@@ -83,8 +90,12 @@ class ChoiceState:
             self._held = ""
         self.text.append(text)
         self.logprobs.extend(released)
-        return Emitted(text, released, finish)
+        return Emitted(text, released, finish, thought)
 
     @property
     def content(self) -> str:
         return "".join(self.text)
+
+    @property
+    def reasoning_content(self) -> str | None:
+        return "".join(self.reasoning) or None if self.think is not None else None

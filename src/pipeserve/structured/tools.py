@@ -13,6 +13,7 @@ import secrets
 from typing import Any
 
 from pipeserve.params import ToolCall, ToolSpec
+from pipeserve.textutil import partial_suffix
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 _CALL_BLOCK = re.compile(re.escape(CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(CALL_CLOSE), re.DOTALL)
@@ -103,7 +104,7 @@ class AutoCallStream:
         while True:
             start = self._buffer.find(CALL_OPEN)
             if start < 0:
-                keep = _partial_suffix(self._buffer, CALL_OPEN)
+                keep = partial_suffix(self._buffer, (CALL_OPEN,))
                 if len(self._buffer) > keep:
                     events.append(self._buffer[: len(self._buffer) - keep])
                     self._buffer = self._buffer[len(self._buffer) - keep :]
@@ -123,10 +124,3 @@ class AutoCallStream:
     def finish(self) -> list[str | ToolCall]:
         rest, self._buffer = self._buffer, ""
         return [rest] if rest else []
-
-
-def _partial_suffix(text: str, marker: str) -> int:
-    for size in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:size]):
-            return size
-    return 0
