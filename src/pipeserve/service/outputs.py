@@ -29,7 +29,9 @@ def _wire_calls(params: ChatParams, calls: list[ToolCall]) -> dict[str, object]:
 def final_message(params: ChatParams, text: str, engine_finish: str) -> tuple[wire.ResponseMessage, str]:
     if params.output == "tool_json":
         calls = parse_constrained(text)
-        return wire.ResponseMessage(content=None, **_wire_calls(params, calls)), _calls_finish(params, engine_finish)  # type: ignore[arg-type]
+        if calls:
+            message = wire.ResponseMessage(content=None, **_wire_calls(params, calls))  # type: ignore[arg-type]
+            return message, _calls_finish(params, engine_finish)
     if params.output == "auto_tools":
         content, calls = parse_auto(text, {t.name for t in params.tools})
         if calls:
@@ -47,6 +49,10 @@ class StreamShaper:
         self.calls = 0
         self._auto = AutoCallStream({t.name for t in params.tools}) if params.output == "auto_tools" else None
         self._held = ""  # constrained tool-call JSON, parsed once complete
+        # auto mode: whitespace-only content is held until real content comes, and dropped if calls come
+        # instead, as the plain response then has content null.
+        self._blank = ""
+        self._spoke = False
 
     def first(self) -> wire.ChunkDelta:
         if self.params.output == "tool_json":
@@ -63,10 +69,14 @@ class StreamShaper:
 
     def finish(self, engine_finish: str) -> tuple[list[wire.ChunkDelta], str]:
         if self.params.output == "tool_json":
-            deltas = self._events(list(parse_constrained(self._held)))
-            return deltas, _calls_finish(self.params, engine_finish)
+            calls = parse_constrained(self._held)
+            if not calls:
+                return [wire.ChunkDelta(content=self._held)], engine_finish
+            return self._events(list(calls)), _calls_finish(self.params, engine_finish)
         if self._auto is not None:
             deltas = self._events(self._auto.finish())
+            if self._blank and not self.calls:
+                deltas.insert(0, wire.ChunkDelta(content=self._blank))
             return deltas, _calls_finish(self.params, engine_finish) if self.calls else engine_finish
         return [], engine_finish
 
@@ -74,8 +84,12 @@ class StreamShaper:
         deltas = []
         for event in events:
             if isinstance(event, str):
-                if event:
-                    deltas.append(wire.ChunkDelta(content=event))
+                if not self._spoke and not event.strip():
+                    self._blank += event
+                elif event:
+                    self._spoke = True
+                    deltas.append(wire.ChunkDelta(content=self._blank + event))
+                    self._blank = ""
                 continue
             if self.params.legacy_functions:
                 if self.calls == 0:

@@ -8,12 +8,15 @@ format documented in docs/api.md: the tool list in the system message, and calls
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 from typing import Any
 
 from pipeserve.params import ToolCall, ToolSpec
 from pipeserve.textutil import partial_suffix
+
+log = logging.getLogger("pipeserve.tools")
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 _CALL_BLOCK = re.compile(re.escape(CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(CALL_CLOSE), re.DOTALL)
@@ -39,9 +42,14 @@ def calls_schema(tools: tuple[ToolSpec, ...], *, parallel: bool) -> dict[str, An
 
 
 def parse_constrained(text: str) -> list[ToolCall]:
-    """Calls from the JSON a constrained decode produced (always valid, possibly closed early)."""
-    value = json.loads(text)
-    return [_call(item) for item in (value if isinstance(value, list) else [value])]
+    """Calls from the JSON a constrained decode produced (valid by construction, possibly closed early);
+    an empty list if it somehow isn't, so that the text is returned as content rather than lost."""
+    try:
+        value = json.loads(text)
+        return [_call(item) for item in (value if isinstance(value, list) else [value])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.error("constrained tool-call output did not parse: %r", text[:200])
+        return []
 
 
 def parse_auto(text: str, names: set[str]) -> tuple[str | None, list[ToolCall]]:
@@ -54,7 +62,12 @@ def parse_auto(text: str, names: set[str]) -> tuple[str | None, list[ToolCall]]:
             value = json.loads(match.group(1))
         except ValueError:
             continue
-        if not (isinstance(value, dict) and value.get("name") in names and isinstance(value.get("arguments"), dict)):
+        if not (
+            isinstance(value, dict)
+            and isinstance(value.get("name"), str)
+            and value["name"] in names
+            and isinstance(value.get("arguments"), dict)
+        ):
             continue
         kept.append(text[position : match.start()])
         position = match.end()
