@@ -14,6 +14,7 @@ from pipeserve.keys import KeyStore
 from pipeserve.server.errors import install_error_handlers
 from pipeserve.server.routes import chat, health, models
 from pipeserve.service.chat import ChatService
+from pipeserve.service.metrics import Metrics
 from pipeserve.service.models import ModelRegistry, ServedModel
 from pipeserve.settings import Settings
 
@@ -49,7 +50,8 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.settings = settings
             app.state.keys = keys
             app.state.models = registry
-            app.state.chat = ChatService(registry)
+            app.state.metrics = Metrics(registry)
+            app.state.chat = ChatService(registry, app.state.metrics)
             yield
         finally:
             for model in served:

@@ -15,6 +15,7 @@ from pipeserve.errors import EngineError, PipeserveError
 from pipeserve.params import ChatParams
 from pipeserve.protocol import chat_completions as wire
 from pipeserve.service.choices import ChoiceState, Emitted
+from pipeserve.service.metrics import Metrics
 from pipeserve.service.models import ModelRegistry, ServedModel
 from pipeserve.service.outputs import StreamShaper, final_message
 from pipeserve.service.reasoning import ThinkSplitter
@@ -50,6 +51,9 @@ class _Run:
     created: int
     fingerprint: str
     choices: list[ChoiceState]
+    metrics: Metrics | None = None
+    label: str = ""  # the model id, for metrics
+    started: float = 0.0
 
     def chunk(self, choices: list[wire.ChunkChoice], usage: wire.Usage | None = None) -> bytes:
         payload = wire.ChatCompletionChunk(
@@ -82,8 +86,14 @@ class _Run:
     async def deltas(self) -> AsyncIterator[tuple[int, Emitted]]:
         """Emitted text per choice until every choice has finished; stops the engine's work when done."""
         remaining = len(self.choices)
+        last = 0.0
         try:
             async for step in self.generation:
+                if self.metrics is not None:
+                    now = time.perf_counter()
+                    histogram = self.metrics.itl if last else self.metrics.ttft
+                    histogram.labels(self.label).observe(now - (last or self.started))
+                    last = now
                 for delta in step:
                     choice = self.choices[delta.index]
                     emitted = choice.feed(delta)
@@ -101,14 +111,20 @@ class _Run:
                 raise EngineError("the engine ended the generation before every choice finished")
         finally:
             self.generation.cancel()  # no-op once finished; frees the sequences of an abandoned request
+            if self.metrics is not None:
+                usage = self.usage()
+                cached = usage.prompt_tokens_details.cached_tokens
+                self.metrics.record_usage(self.label, usage.prompt_tokens, cached, usage.completion_tokens)
 
 
 class ChatService:
-    def __init__(self, models: ModelRegistry) -> None:
+    def __init__(self, models: ModelRegistry, metrics: Metrics | None = None) -> None:
         self.models = models
+        self.metrics = metrics
 
     async def _start(self, params: ChatParams) -> _Run:
         served = self.models.resolve(params.model)
+        started = time.perf_counter()
         generation = await served.engine.generate(params)
         return _Run(
             params=params,
@@ -117,6 +133,9 @@ class ChatService:
             created=int(time.time()),
             fingerprint=served.fingerprint,
             choices=[ChoiceState(i, params.stop, self._splitter(served)) for i in range(params.n)],
+            metrics=self.metrics,
+            label=served.config.id,
+            started=started,
         )
 
     @staticmethod

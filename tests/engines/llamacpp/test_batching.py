@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import httpx
 import openai
@@ -198,3 +199,25 @@ def test_n_beyond_the_kv_cache_is_a_400(small_server: Server) -> None:
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "context_length_exceeded"
     assert response.json()["error"]["param"] == "n"
+
+
+async def test_requests_arriving_together_compute_a_shared_prefix_once(server: Server) -> None:
+    client = server.async_client()
+    catalogue = " ".join(f"item-{i}-{uuid.uuid4().hex[:4]}" for i in range(70))
+    system = {"role": "system", "content": f"You answer questions about this catalogue: {catalogue}"}
+
+    async def ask(i: int) -> openai.types.CompletionUsage:
+        response = await client.chat.completions.create(
+            model=MODEL,
+            messages=[system, {"role": "user", "content": f"Question {i}: what is item {i}?"}],  # type: ignore[list-item]
+            max_tokens=4,
+        )
+        assert response.usage is not None
+        return response.usage
+
+    usages = await asyncio.gather(*(ask(i) for i in range(8)))
+    prefix = min(u.prompt_tokens for u in usages) - 20
+    cached = sorted(u.prompt_tokens_details.cached_tokens for u in usages)  # type: ignore[union-attr]
+    # one request computes the catalogue; the seven others reuse its KV entries
+    assert cached[0] < 20 and all(c >= prefix for c in cached[1:]), (prefix, cached)
+    wait_until_idle(server)

@@ -29,6 +29,9 @@ log = logging.getLogger("pipeserve.llamacpp")
 
 Dispatch = Callable[["Job", list[Delta], bool], None]
 
+# A job waits for a prompt being prefilled only when that saves at least this many tokens of prefill.
+_FOLLOW_GAIN = 16
+
 
 @dataclass(eq=False)
 class Job:
@@ -43,6 +46,8 @@ class Job:
     schema: dict[str, Any] | None = None  # constrained output: a JSON schema and its compiled grammar
     grammar: str | None = None
     slots: list[Slot] = field(default_factory=list)
+    # Waiting for another job's prompt prefill to reach this many shared tokens, to copy them.
+    follow: tuple[Job, int] | None = None
     cached_tokens: int = 0
     cancelled: bool = False
     failed: PipeserveError | None = None
@@ -225,6 +230,13 @@ class Scheduler:
                 return
             source, shared = self._best_prefix(job.prompt)
             shared = min(shared, len(job.prompt) - 1)  # the last prompt token is decoded for its logits
+            leader, planned = self._best_planned(job.prompt)
+            if leader is not None and planned > shared + _FOLLOW_GAIN:
+                # A prompt being prefilled right now shares more: wait for it and copy, rather than
+                # computing the same prefix twice (requests built on one template arrive together).
+                source, shared = None, 0
+            else:
+                leader = None
             by_age = sorted(free, key=lambda slot: (bool(slot.tokens), slot.last_used))
             host = source if source is not None and source.job is None else by_age[0]
             siblings = [slot for slot in by_age if slot is not host and slot is not source][: job.n - 1]
@@ -238,12 +250,42 @@ class Scheduler:
                 evictable.pop(0).clear(self.model)
             self.waiting.popleft()
             self._place(job, host, source, shared, siblings)
+            if leader is not None:
+                job.follow = (leader, planned)
 
     def _committed(self, excluded: set[int]) -> int:
         """Upper bound of the KV cells held by admitted jobs and by the prefix cache outside `excluded`."""
         busy = sum(job.footprint for job in (*self.prefilling, *self.running))
         cached = sum(len(slot.tokens) for slot in self.slots if slot.job is None and id(slot) not in excluded)
         return busy + cached
+
+    def _best_planned(self, prompt: list[int]) -> tuple[Job | None, int]:
+        """The prefilling job whose prompt shares the longest prefix with `prompt` (KV not computed yet)."""
+        best: Job | None = None
+        best_len = 0
+        for job in self.prefilling:
+            if job.follow is None:
+                length = min(common_prefix(job.prompt, prompt), len(prompt) - 1)
+                if length > best_len:
+                    best, best_len = job, length
+        return best, best_len
+
+    def _caught_up(self, job: Job) -> bool:
+        """Whether a following job may prefill: its leader computed the shared prefix (copied now) or
+        stopped prefilling (whatever it computed is copied)."""
+        assert job.follow is not None
+        leader, wanted = job.follow
+        source = leader.slots[0]
+        have = min(common_prefix(source.tokens, job.prompt), wanted)
+        if have < wanted and leader in self.prefilling:
+            return False
+        host = job.slots[0]
+        if have > 0:
+            self.model.seq_copy(source.seq, host.seq, have)
+            host.tokens = job.prompt[:have]
+            job.cached_tokens = have
+        job.follow = None
+        return True
 
     def _best_prefix(self, prompt: list[int]) -> tuple[Slot | None, int]:
         best: Slot | None = None
@@ -305,6 +347,8 @@ class Scheduler:
             budget = self.batch_size - count
             if budget <= 0:
                 break
+            if job.follow is not None and not self._caught_up(job):
+                continue
             host = job.slots[0]
             start = len(host.tokens)
             chunk = job.prompt[start : start + budget]

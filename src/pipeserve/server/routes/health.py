@@ -1,8 +1,9 @@
-"""`GET /health`: liveness plus each model's load, without authentication."""
+"""`GET /health` (liveness plus each model's load) and `GET /metrics` (Prometheus), without authentication."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -28,3 +29,9 @@ async def health(request: Request) -> Response:
             )
         )
     return Response(Health(models=models).model_dump_json(), media_type="application/json")
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,930 @@
+"""Benchmark: pipeserve against llama.cpp's `llama-server` and llama-cpp-python's server, side by side.
+
+What it measures
+----------------
+The same client load is sent, through the OpenAI-compatible ``/v1/chat/completions`` with the official
+``openai.AsyncOpenAI`` client and ``stream=True``, to three servers of the same model (the embedded
+SmolLM2-135M-Instruct Q4_1 GGUF), each started alone on a free loopback port with the same KV budget
+(16384 cells) and the same thread count (2):
+
+* ``pipeserve``        -- ``python -m pipeserve serve`` with a config of ``context_size = 16384``,
+  ``threads = 2`` (``max_sequences`` 32, ``batch_size`` 512 by default);
+* ``llama-server``     -- llama.cpp's C++ server, built once (see below) from the llama.cpp sources vendored in
+  the llama-cpp-python sdist of the installed version, so the ggml kernels are the same as pipeserve's; run with
+  ``-c 16384 -np 16 -t 2 -tb 2 --no-repack`` (continuous batching is on by default);
+* ``llama-cpp-python`` -- ``python -m llama_cpp.server`` from the same install (one request at a time), with
+  ``--n_ctx 16384 --n_threads 2 --n_threads_batch 2 --interrupt_requests False`` (by default a new request
+  *interrupts* the one streaming), started through a launcher that loads the model with
+  ``use_extra_bufts = False``: ggml's AMX weight repacking crashes on the first decode on these CPUs, which is
+  also why pipeserve loads that way and llama-server gets ``--no-repack``.
+
+Workloads (temperature 0.7, per-request seeds, answers asked to be long so most requests use ``max_tokens``):
+
+* ``W1 shared``   -- 64 requests, 16 concurrent: the same ~400-token system prompt + a distinct question,
+  max_tokens 128. All 16 first requests arrive together.
+* ``W2 distinct`` -- the same, but every request has its own system prompt of the same length.
+* ``W3 latency``  -- one client, 20 sequential requests of a distinct ~100-token prompt, max_tokens 64.
+
+Per server and workload: aggregate output tok/s (sum of ``usage.completion_tokens``, or content chunks where a
+server sends no usage, over the workload's wall time), requests/s, time to the first content chunk (TTFT)
+p50/p95, inter-token latency (ITL: gaps between consecutive content chunks, pooled over all requests) p50/p95,
+and the peak RSS of the server process and its children (``/proc/<pid>/status`` VmRSS sampled every 0.1 s).
+Then pipeserve's ratios to each peer, next to the goals.
+
+Each server gets a warm-up that is not measured (2 short requests and ``concurrency`` connections opened),
+with prompts unrelated to the workloads, so that W1's shared prompt is not in any prefix cache before W1.
+Every request has a timeout (``--request-timeout``, 600 s) and the whole run a time cap (``--time-cap``);
+servers are always stopped, also on errors and Ctrl-C.
+
+Building llama-server
+---------------------
+Once, into ``--cache-dir`` (default ``bench/.cache/``, git-ignored): the sdist of the installed
+llama-cpp-python version (copied from ``/tmp/pkgs`` if there, else ``pip download --no-binary :all:``) is
+extracted and ``vendor/llama.cpp`` is configured with CMake (Release, native CPU, static, no UI download, no
+OpenSSL) and only the ``llama-server`` target is built (several minutes on 2 cores). Skipped when
+``<cache>/build-<version>/bin/llama-server`` exists.
+
+Run it from the repository root with the project's virtualenv active (llama-cpp-python's server also needs
+``pip install sse-starlette starlette-context``)::
+
+    python bench/serving.py                      # all three servers, full counts (about 10 minutes)
+    python bench/serving.py --quick --servers pipeserve,llama-server
+    python bench/serving.py --build-only         # just build llama-server into the cache
+    python bench/serving.py --json-out /tmp/serving.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import itertools
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+
+from pipeserve.engines.llamacpp.options import embedded_gguf_path
+
+MODEL = "SmolLM2-135M-Instruct"
+CONTEXT = 16384
+THREADS = 2
+LLAMA_SERVER_SLOTS = 16
+TEMPERATURE = 0.7
+BASE_SEED = 4321
+STARTUP_TIMEOUT_S = 180.0
+REPO = Path(__file__).resolve().parent.parent
+SERVERS = ("pipeserve", "llama-server", "llama-cpp-python")
+PEERS = ("llama-server", "llama-cpp-python")
+
+# Runs llama-cpp-python's server with the model loaded without ggml's extra (AMX repacking) buffer types. Both
+# llama_cpp.llama and llama_cpp._internals call `llama_cpp.llama_cpp.llama_model_default_params()` through the
+# module, so patching the module attribute (and the package's re-export) covers every load.
+LLAMA_CPP_PYTHON_LAUNCHER = """
+import llama_cpp
+import llama_cpp.llama_cpp as lib
+
+_default_params = lib.llama_model_default_params
+
+
+def _params_without_extra_bufts():
+    params = _default_params()
+    params.use_extra_bufts = False
+    return params
+
+
+lib.llama_model_default_params = _params_without_extra_bufts
+llama_cpp.llama_model_default_params = _params_without_extra_bufts
+
+from llama_cpp.server.__main__ import main
+
+main()
+"""
+
+
+# --- prompts ---------------------------------------------------------------------------------------------
+class Tokenizer:
+    """The model's own tokenizer (vocabulary only), to size the prompts."""
+
+    def __init__(self, gguf: Path) -> None:
+        import llama_cpp
+
+        self._llama = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
+
+    def count(self, text: str) -> int:
+        return len(self._llama.tokenize(text.encode(), add_bos=False, special=False))
+
+
+COMPANIES = ["Northwind", "Bluefield", "Copperleaf", "Harborline", "Silverpine", "Redwater", "Oakridge", "Lumen"]
+PRODUCTS = ["espresso machine", "robot vacuum", "e-bike", "smart thermostat", "air purifier", "dishwasher"]
+MODELS = ["X2", "Pro 7", "S40", "Nova", "Mini 3", "Max", "Zephyr", "Q9"]
+PARTS = [
+    "the water tank",
+    "the main filter",
+    "the battery pack",
+    "the control panel",
+    "the drip tray",
+    "the side brush",
+    "the motor housing",
+    "the power adapter",
+    "the display",
+    "the sensor array",
+]
+ACTIONS = ["clean", "inspect", "replace", "recalibrate", "descale", "tighten", "dry", "reset"]
+PERIODS = ["every week", "every month", "every 90 days", "after 200 hours of use", "twice a year", "daily"]
+CONDITIONS = [
+    "if a warning light blinks",
+    "when the unit is cold",
+    "before long storage",
+    "after a power cut",
+    "if the noise level rises",
+    "when moving the unit",
+    "before the first use",
+]
+POLICIES = [
+    "Customers may return an unused unit within {n} days for a full refund.",
+    "The warranty covers manufacturing defects for {n} months from the date of purchase.",
+    "Repairs under warranty are free; outside the warranty, labour costs {n} dollars per hour.",
+    "Replacement parts ship within {n} business days to any address in the country.",
+    "Support agents answer the phone from 8 am to {n} pm, Monday to Saturday.",
+    "Damage caused by dropping the unit or by liquids is not covered by the warranty.",
+    "Every registered customer gets a {n} percent discount on filters and cleaning kits.",
+    "Units bought from unauthorised resellers are supported only after a paid inspection of {n} dollars.",
+]
+TASKS = [
+    "set up the product for the first time",
+    "clean every part of the product thoroughly",
+    "replace the main filter",
+    "troubleshoot a unit that will not turn on",
+    "prepare the product for long storage",
+    "reduce the noise the product makes",
+    "save energy while using the product",
+    "ask for a repair under warranty",
+    "return the product for a refund",
+    "move the product safely to another home",
+    "update the product's firmware",
+    "keep the product working well for ten years",
+    "teach a new user to operate the product",
+    "check whether a part needs to be replaced",
+    "fix a leak or a spill inside the product",
+    "get the best results from the product every day",
+]
+STYLES = [
+    "Give a long, detailed, step-by-step answer.",
+    "Explain every step at length, with tips and warnings.",
+    "Write a thorough guide with many numbered steps.",
+    "Answer in depth, covering each step and the reasons behind it.",
+]
+
+
+def system_prompt(seed: int, target_tokens: int, tokenizer: Tokenizer) -> str:
+    """A deterministic support-assistant prompt of about `target_tokens` tokens, distinct from its first words
+    for distinct seeds (so that two of them share no prefix beyond the chat template's header)."""
+    rng = random.Random(seed)
+    company, product, model = rng.choice(COMPANIES), rng.choice(PRODUCTS), rng.choice(MODELS)
+    sentences = [
+        f"Reference {seed:05d}. You are the support assistant of {company}, maker of the {model} {product}.",
+        "Answer customers politely and precisely, using only the manual and the policies below.",
+    ]
+    text = " ".join(sentences)
+    rule = 0
+    while tokenizer.count(text) < target_tokens:
+        if rng.random() < 0.3:
+            sentence = rng.choice(POLICIES).format(n=rng.randint(2, 60))
+        else:
+            rule += 1
+            sentence = (
+                f"Rule {rule}: {rng.choice(ACTIONS)} {rng.choice(PARTS)} of the {model} "
+                f"{rng.choice(PERIODS)}, and also {rng.choice(CONDITIONS)}."
+            )
+        candidate = f"{text} {sentence}"
+        if tokenizer.count(candidate) > target_tokens + 12:
+            break
+        text = candidate
+    return text
+
+
+def question(index: int) -> str:
+    task = TASKS[index % len(TASKS)]
+    style = STYLES[(index // len(TASKS)) % len(STYLES)]
+    return f"Question {index + 1}: explain how to {task}. {style}"
+
+
+@dataclass
+class Workload:
+    key: str
+    name: str
+    concurrency: int
+    max_tokens: int
+    prompts: list[list[dict[str, str]]]  # one message list per request
+    prompt_tokens: list[int]  # tokens of system + user text per request (the chat template adds ~10)
+
+
+def build_workloads(tokenizer: Tokenizer, *, quick: bool) -> list[Workload]:
+    n_batch = 16 if quick else 64
+    n_latency = 5 if quick else 20
+    shared = system_prompt(0, 400, tokenizer)
+    w1 = [[{"role": "system", "content": shared}, {"role": "user", "content": question(i)}] for i in range(n_batch)]
+    w2 = [
+        [
+            {"role": "system", "content": system_prompt(1000 + i, 400, tokenizer)},
+            {"role": "user", "content": question(i)},
+        ]
+        for i in range(n_batch)
+    ]
+    w3 = [
+        [
+            {"role": "system", "content": system_prompt(5000 + i, 75, tokenizer)},
+            {"role": "user", "content": question(i)},
+        ]
+        for i in range(n_latency)
+    ]
+
+    def sizes(prompts: list[list[dict[str, str]]]) -> list[int]:
+        return [sum(tokenizer.count(m["content"]) for m in messages) for messages in prompts]
+
+    return [
+        Workload("W1", "shared prefix", 16, 128, w1, sizes(w1)),
+        Workload("W2", "distinct", 16, 128, w2, sizes(w2)),
+        Workload("W3", "latency", 1, 64, w3, sizes(w3)),
+    ]
+
+
+WARMUP_MESSAGES = [{"role": "user", "content": "Say hello in one short sentence."}]
+
+
+# --- building llama-server --------------------------------------------------------------------------------
+def run_step(args: list[str], *, log: Path) -> None:
+    print(f"  $ {' '.join(args)}", flush=True)
+    with log.open("ab") as out:
+        done = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+        raise RuntimeError(f"{args[0]} failed with {done.returncode} (log {log}):\n{tail}")
+
+
+def ensure_llama_server(cache: Path) -> Path:
+    """Build llama.cpp's `llama-server` from the sdist of the installed llama-cpp-python, once."""
+    version = importlib.metadata.version("llama-cpp-python")
+    build = cache / f"build-{version}"
+    binary = build / "bin" / "llama-server"
+    if binary.is_file():
+        return binary
+    cache.mkdir(parents=True, exist_ok=True)
+    log = cache / f"build-{version}.log"
+    print(f"building llama-server {version} into {build} (several minutes; log {log}) ...", flush=True)
+    started = time.monotonic()
+    names = [f"llama_cpp_python-{version}.tar.gz", f"llama-cpp-python-{version}.tar.gz"]
+    sdist = next((cache / name for name in names if (cache / name).is_file()), None)
+    if sdist is None:
+        local = Path("/tmp/pkgs") / names[0]
+        if local.is_file():
+            sdist = cache / local.name
+            shutil.copy2(local, sdist)
+        else:
+            pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+            run_step([*pip, f"llama-cpp-python=={version}", "-d", str(cache)], log=log)
+            sdist = next((cache / name for name in names if (cache / name).is_file()), None)
+            if sdist is None:
+                raise RuntimeError(f"pip download did not leave {names[0]} in {cache}")
+    source = cache / f"llama_cpp_python-{version}"
+    llama_cpp_dir = source / "vendor" / "llama.cpp"
+    if not (llama_cpp_dir / "CMakeLists.txt").is_file():
+        with tarfile.open(sdist) as archive:
+            top = {Path(name).parts[0] for name in archive.getnames()}
+            if len(top) != 1:
+                raise RuntimeError(f"unexpected layout of {sdist}: {sorted(top)[:5]}")
+            archive.extractall(cache, filter="data")
+        extracted = cache / top.pop()
+        if extracted != source:
+            extracted.rename(source)
+    if not (llama_cpp_dir / "tools" / "server").is_dir():
+        raise RuntimeError(f"{llama_cpp_dir} has no tools/server: is this llama.cpp layout supported?")
+    configure = [
+        "cmake",
+        "-S",
+        str(llama_cpp_dir),
+        "-B",
+        str(build),
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DLLAMA_BUILD_SERVER=ON",
+        "-DLLAMA_BUILD_TOOLS=ON",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_APP=OFF",
+        "-DBUILD_SHARED_LIBS=OFF",
+        # No network: no prebuilt web UI download from Hugging Face, no npm build, no HTTPS.
+        "-DLLAMA_BUILD_UI=OFF",
+        "-DLLAMA_USE_PREBUILT_UI=OFF",
+        "-DLLAMA_OPENSSL=OFF",
+    ]
+    run_step(configure, log=log)
+    run_step(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 2)], log=log)
+    if not binary.is_file():
+        raise RuntimeError(f"the build finished but {binary} does not exist (log {log})")
+    print(f"built {binary} in {time.monotonic() - started:.0f} s", flush=True)
+    return binary
+
+
+# --- the servers ------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PIPESERVE_", "OPENAI_"))}
+
+
+@dataclass
+class ServerSpec:
+    name: str
+    args: Callable[[int, Path], list[str]]  # (port, scratch dir) -> command line
+    health_path: str
+
+
+def server_specs(gguf: Path, llama_server: Path | None) -> dict[str, ServerSpec]:
+    def pipeserve_args(port: int, tmp: Path) -> list[str]:
+        config = tmp / "pipeserve.toml"
+        config.write_text(
+            f'[[models]]\nid = "{MODEL}"\nengine = "llamacpp"\ncontext_size = {CONTEXT}\nthreads = {THREADS}\n'
+        )
+        return [
+            sys.executable,
+            "-m",
+            "pipeserve",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp / "data"),
+            "--config",
+            str(config),
+        ]
+
+    def llama_server_args(port: int, tmp: Path) -> list[str]:
+        assert llama_server is not None
+        return [
+            str(llama_server),
+            "-m",
+            str(gguf),
+            "--alias",
+            MODEL,
+            "-c",
+            str(CONTEXT),
+            "-np",
+            str(LLAMA_SERVER_SLOTS),
+            "-t",
+            str(THREADS),
+            "-tb",
+            str(THREADS),
+            "--no-repack",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+
+    def llama_cpp_python_args(port: int, tmp: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-c",
+            LLAMA_CPP_PYTHON_LAUNCHER,
+            "--model",
+            str(gguf),
+            "--model_alias",
+            MODEL,
+            "--n_ctx",
+            str(CONTEXT),
+            "--n_threads",
+            str(THREADS),
+            "--n_threads_batch",
+            str(THREADS),
+            "--interrupt_requests",
+            "False",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+
+    return {
+        "pipeserve": ServerSpec("pipeserve", pipeserve_args, "/health"),
+        "llama-server": ServerSpec("llama-server", llama_server_args, "/health"),
+        "llama-cpp-python": ServerSpec("llama-cpp-python", llama_cpp_python_args, "/v1/models"),
+    }
+
+
+@dataclass
+class Running:
+    url: str
+    pid: int
+    startup_s: float
+    log: Path
+
+
+@contextmanager
+def running_server(spec: ServerSpec, log_dir: Path) -> Iterator[Running]:
+    """Start one server on a free loopback port, wait until it answers, yield it, always stop it."""
+    port = free_port()
+    scratch = Path(tempfile.mkdtemp(prefix=f"serving-{spec.name}-"))
+    log_path = log_dir / f"{spec.name}.log"
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            spec.args(port, scratch), stdout=log, stderr=subprocess.STDOUT, env=clean_env(), cwd=scratch
+        )
+    try:
+        deadline = started + STARTUP_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+                raise RuntimeError(f"{spec.name} exited with {process.returncode}:\n{tail}")
+            try:
+                if httpx.get(f"{url}{spec.health_path}", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{spec.name} did not start in {STARTUP_TIMEOUT_S:.0f} s (log {log_path})")
+            time.sleep(0.2)
+        startup = time.monotonic() - started
+        print(f"{spec.name}: pid {process.pid} on {url}, ready in {startup:.1f} s", flush=True)
+        yield Running(url, process.pid, startup, log_path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# --- memory -----------------------------------------------------------------------------------------------
+def process_tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    todo.extend(int(child) for child in children.read().split())
+        except OSError:
+            pass
+    return pids
+
+
+def rss_bytes(pid: int) -> int:
+    total = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    return total
+
+
+class RssSampler:
+    """Samples the RSS of a process and its descendants every `interval` seconds on a thread; keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = rss_bytes(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, rss_bytes(self.pid))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes(self.pid))
+
+
+# --- requests ---------------------------------------------------------------------------------------------
+@dataclass
+class RequestResult:
+    index: int
+    completion_tokens: int
+    usage_reported: bool
+    finish_reason: str | None
+    seconds: float
+    ttft_s: float | None
+    content_chunks: int
+    gaps_s: list[float] = field(default_factory=list)  # between consecutive content chunks
+    error: str | None = None
+
+
+async def one_request(
+    client: openai.AsyncOpenAI, messages: list[dict[str, str]], *, index: int, max_tokens: int, timeout: float
+) -> RequestResult:
+    start = time.perf_counter()
+    stamps: list[float] = []
+    usage: int | None = None
+    finish: str | None = None
+    try:
+        stream = await client.chat.completions.create(
+            model=MODEL,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=max_tokens,
+            temperature=TEMPERATURE,
+            seed=BASE_SEED + index,
+            stream=True,
+            stream_options={"include_usage": True},
+            timeout=timeout,
+        )
+        async for chunk in stream:
+            now = time.perf_counter()
+            if chunk.usage is not None:
+                usage = chunk.usage.completion_tokens
+            for choice in chunk.choices:
+                if choice.delta is not None and choice.delta.content:
+                    stamps.append(now)
+                if choice.finish_reason is not None:
+                    finish = choice.finish_reason
+    except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
+        return RequestResult(index, 0, False, None, time.perf_counter() - start, None, 0, [], repr(exc))
+    seconds = time.perf_counter() - start
+    tokens = usage if usage is not None else len(stamps)
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    ttft = stamps[0] - start if stamps else None
+    error = None if stamps else "no content"
+    return RequestResult(index, tokens, usage is not None, finish, seconds, ttft, len(stamps), gaps, error)
+
+
+async def run_workload(
+    client: openai.AsyncOpenAI, workload: Workload, *, timeout: float
+) -> tuple[list[RequestResult], float]:
+    """`workload.concurrency` workers pull requests from one queue; returns the results and the wall time."""
+    todo: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(len(workload.prompts)):
+        todo.put_nowait(index)
+    results: list[RequestResult] = []
+
+    async def worker() -> None:
+        while True:
+            try:
+                index = todo.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            messages = workload.prompts[index]
+            results.append(
+                await one_request(client, messages, index=index, max_tokens=workload.max_tokens, timeout=timeout)
+            )
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(workload.concurrency)))
+    return sorted(results, key=lambda r: r.index), time.perf_counter() - start
+
+
+# --- results ----------------------------------------------------------------------------------------------
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass
+class RunResult:
+    workload: str
+    server: str
+    requests: int
+    errors: int
+    tokens: int
+    usage_reported: bool  # False: tokens are content chunks
+    finish_length: int
+    seconds: float
+    tok_s: float
+    req_s: float
+    ttft_p50_s: float | None
+    ttft_p95_s: float | None
+    itl_p50_s: float | None
+    itl_p95_s: float | None
+    peak_rss_bytes: int
+    loaded_rss_bytes: int  # before the workload started
+    results: list[RequestResult] = field(default_factory=list, repr=False)
+
+
+def summarize(
+    workload: Workload, server: str, results: list[RequestResult], seconds: float, peak: int, loaded: int
+) -> RunResult:
+    ok = [r for r in results if r.error is None]
+    tokens = sum(r.completion_tokens for r in ok)
+    ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
+    gaps = [gap for r in ok for gap in r.gaps_s]
+    return RunResult(
+        workload=workload.key,
+        server=server,
+        requests=len(results),
+        errors=len(results) - len(ok),
+        tokens=tokens,
+        usage_reported=all(r.usage_reported for r in ok) if ok else False,
+        finish_length=sum(1 for r in ok if r.finish_reason == "length"),
+        seconds=seconds,
+        tok_s=tokens / seconds if seconds > 0 else 0.0,
+        req_s=len(ok) / seconds if seconds > 0 else 0.0,
+        ttft_p50_s=percentile(ttfts, 0.50),
+        ttft_p95_s=percentile(ttfts, 0.95),
+        itl_p50_s=percentile(gaps, 0.50),
+        itl_p95_s=percentile(gaps, 0.95),
+        peak_rss_bytes=peak,
+        loaded_rss_bytes=loaded,
+        results=results,
+    )
+
+
+async def benchmark_server(
+    running: Running, name: str, workloads: list[Workload], *, timeout: float, deadline: float
+) -> list[RunResult]:
+    client = openai.AsyncOpenAI(base_url=f"{running.url}/v1", api_key="bench", max_retries=0, timeout=timeout)
+    try:
+        started = time.monotonic()
+        for i in range(2):
+            warm = await one_request(client, WARMUP_MESSAGES, index=-1 - i, max_tokens=16, timeout=timeout)
+            if warm.error is not None:
+                raise RuntimeError(f"{name}: warm-up request failed: {warm.error}")
+        width = max(w.concurrency for w in workloads)
+        await asyncio.gather(*(client.models.list() for _ in range(width)))
+        print(f"{name}: warm-up {time.monotonic() - started:.1f} s", flush=True)
+        runs: list[RunResult] = []
+        for workload in workloads:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                print(f"{name}: time cap reached, {workload.key} skipped", flush=True)
+                break
+            print(
+                f"{name}: {workload.key} {workload.name}: {len(workload.prompts)} requests x{workload.concurrency}, "
+                f"max_tokens {workload.max_tokens} ...",
+                flush=True,
+            )
+            loaded = rss_bytes(running.pid)
+            with RssSampler(running.pid) as sampler:
+                try:
+                    results, seconds = await asyncio.wait_for(
+                        run_workload(client, workload, timeout=timeout), timeout=remaining
+                    )
+                except TimeoutError:
+                    print(f"{name}: time cap reached during {workload.key}; stopping", flush=True)
+                    break
+            run = summarize(workload, name, results, seconds, sampler.peak, loaded)
+            for r in results:
+                if r.error is not None:
+                    print(f"  request {r.index} failed: {r.error}", flush=True)
+            print(
+                f"{name}: {workload.key} done in {seconds:.1f} s: {run.tokens} tokens, {run.tok_s:.1f} tok/s",
+                flush=True,
+            )
+            runs.append(run)
+        return runs
+    finally:
+        await client.close()
+
+
+# --- the report -------------------------------------------------------------------------------------------
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f}"
+
+
+def mib(value: int) -> str:
+    return f"{value / 2**20:.0f}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def fx(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def peer_ratios(runs: list[RunResult]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """{peer: {workload: {tok_s, ttft_p50, itl_p50, rss}}}: pipeserve's value divided by the peer's."""
+    index = {(r.workload, r.server): r for r in runs}
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for peer in PEERS:
+        for key in dict.fromkeys(r.workload for r in runs):
+            ours, theirs = index.get((key, "pipeserve")), index.get((key, peer))
+            if ours is None or theirs is None:
+                continue
+            out.setdefault(peer, {})[key] = {
+                "tok_s": ratio(ours.tok_s, theirs.tok_s),
+                "ttft_p50": ratio(ours.ttft_p50_s, theirs.ttft_p50_s),
+                "itl_p50": ratio(ours.itl_p50_s, theirs.itl_p50_s),
+                "rss": ratio(ours.peak_rss_bytes, theirs.peak_rss_bytes),
+            }
+    return out
+
+
+def goals(runs: list[RunResult]) -> list[tuple[str, float | None, bool | None]]:
+    ratios = peer_ratios(runs)
+
+    def get(peer: str, key: str, metric: str) -> float | None:
+        return ratios.get(peer, {}).get(key, {}).get(metric)
+
+    def peak(server: str) -> int | None:
+        values = [r.peak_rss_bytes for r in runs if r.server == server]
+        return max(values) if values else None
+
+    checks: list[tuple[str, float | None, float, bool]] = [  # (label, value, bound, at least)
+        ("W1 tok/s >= 1.5x llama-server", get("llama-server", "W1", "tok_s"), 1.5, True),
+        ("W1 tok/s >= 5x llama-cpp-python", get("llama-cpp-python", "W1", "tok_s"), 5.0, True),
+        ("W2 tok/s >= 1.0x llama-server", get("llama-server", "W2", "tok_s"), 1.0, True),
+        ("W3 TTFT p50 <= 1.1x llama-server", get("llama-server", "W3", "ttft_p50"), 1.1, False),
+        ("W3 ITL p50 <= 1.1x llama-server", get("llama-server", "W3", "itl_p50"), 1.1, False),
+        (
+            "peak RSS <= 1.5x llama-server (max over workloads)",
+            ratio(peak("pipeserve"), peak("llama-server")),
+            1.5,
+            False,
+        ),
+    ]
+    return [
+        (label, value, None if value is None else (value >= bound if at_least else value <= bound))
+        for label, value, bound, at_least in checks
+    ]
+
+
+def report(runs: list[RunResult], workloads: list[Workload], failures: dict[str, str]) -> str:
+    lines = [
+        f"model: {MODEL} Q4_1   cpus: {os.cpu_count()}   python: {platform.python_version()}   "
+        f"llama-cpp-python: {importlib.metadata.version('llama-cpp-python')}   context: {CONTEXT}   "
+        f"threads: {THREADS}   temperature: {TEMPERATURE}",
+    ]
+    for w in workloads:
+        sizes = w.prompt_tokens
+        lines.append(
+            f"{w.key} {w.name}: {len(w.prompts)} requests, {w.concurrency} concurrent, max_tokens {w.max_tokens}, "
+            f"prompt text {min(sizes)}-{max(sizes)} tokens (+ chat template)"
+        )
+    lines.append("")
+    header = (
+        f"{'workload':<14} {'server':<17} {'reqs':>5} {'tokens':>6} {'length':>6} {'wall s':>7} {'tok/s':>7}"
+        f" {'req/s':>6} {'TTFT p50':>8} {'TTFT p95':>8} {'ITL p50':>7} {'ITL p95':>7} {'RSS MiB':>7}"
+    )
+    lines += [header, "-" * len(header)]
+    names = {w.key: f"{w.key} {w.name}" for w in workloads}
+    for w in workloads:
+        for r in (r for r in runs if r.workload == w.key):
+            reqs = str(r.requests) if not r.errors else f"{r.requests}({r.errors}!)"
+            tokens = str(r.tokens) if r.usage_reported else f"{r.tokens}*"
+            lines.append(
+                f"{names[r.workload]:<14} {r.server:<17} {reqs:>5} {tokens:>6} {r.finish_length:>6}"
+                f" {r.seconds:>7.1f} {r.tok_s:>7.1f} {r.req_s:>6.2f} {ms(r.ttft_p50_s):>8} {ms(r.ttft_p95_s):>8}"
+                f" {ms(r.itl_p50_s):>7} {ms(r.itl_p95_s):>7} {mib(r.peak_rss_bytes):>7}"
+            )
+    lines += [
+        "",
+        "tokens: sum of usage.completion_tokens (* = content chunks, the server sent no usage); length: requests",
+        "that ended at max_tokens; TTFT, ITL in ms (ITL: gaps between consecutive content chunks, all requests);",
+        "RSS: peak VmRSS of the server process and its children during the workload.",
+    ]
+    for name, error in failures.items():
+        lines.append(f"{name}: FAILED: {error.splitlines()[0] if error else ''}")
+    ratios = peer_ratios(runs)
+    for peer in PEERS:
+        if peer not in ratios:
+            continue
+        lines += [
+            "",
+            f"pipeserve / {peer}:",
+            f"  {'workload':<14} {'tok/s':>7} {'TTFT p50':>9} {'ITL p50':>8} {'RSS':>6}",
+        ]
+        for key, values in ratios[peer].items():
+            lines.append(
+                f"  {names.get(key, key):<14} {fx(values['tok_s']):>7} {fx(values['ttft_p50']):>9}"
+                f" {fx(values['itl_p50']):>8} {fx(values['rss']):>6}"
+            )
+    lines += ["", "goals (pipeserve vs peer):"]
+    for label, value, passed in goals(runs):
+        verdict = "-" if passed is None else ("PASS" if passed else "MISS")
+        lines.append(f"  {label:<52} {fx(value):>7}  {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help=f"comma-separated servers to run, in this order (default: {','.join(SERVERS)})",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: W1/W2 16 requests each, W3 5 requests")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=REPO / "bench" / ".cache",
+        help="where llama-server is built (default bench/.cache)",
+    )
+    parser.add_argument("--llama-server", type=Path, default=None, help="use this llama-server binary, no build")
+    parser.add_argument("--build-only", action="store_true", help="build llama-server into the cache and exit")
+    parser.add_argument("--request-timeout", type=float, default=600.0, help="per-request timeout, s (default 600)")
+    parser.add_argument("--time-cap", type=float, default=3600.0, help="cap on the whole run, s (default 3600)")
+    parser.add_argument("--log-dir", type=Path, default=None, help="keep the servers' logs here (default: temporary)")
+    parser.add_argument("--json-out", type=Path, default=None, help="also write the results as JSON to this path")
+    args = parser.parse_args(argv)
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    unknown = [s for s in servers if s not in SERVERS]
+    if unknown or not servers:
+        parser.error(f"--servers: unknown {unknown}; choose from {', '.join(SERVERS)}")
+
+    began = time.monotonic()
+    deadline = began + args.time_cap
+    llama_server: Path | None = args.llama_server
+    if llama_server is None and ("llama-server" in servers or args.build_only):
+        llama_server = ensure_llama_server(args.cache_dir.resolve())
+        print(f"llama-server: {llama_server}", flush=True)
+    if args.build_only:
+        return 0
+
+    gguf = embedded_gguf_path()
+    workloads = build_workloads(Tokenizer(gguf), quick=args.quick)
+    for w in workloads:
+        print(f"{w.key} {w.name}: prompt text {min(w.prompt_tokens)}-{max(w.prompt_tokens)} tokens", flush=True)
+    specs = server_specs(gguf, llama_server)
+    runs: list[RunResult] = []
+    failures: dict[str, str] = {}
+    timings: dict[str, float] = {}
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="serving-logs-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    print(f"server logs in {log_dir}", flush=True)
+    for name in servers:
+        if time.monotonic() > deadline:
+            failures[name] = "time cap reached before it started"
+            continue
+        started = time.monotonic()
+        try:
+            with running_server(specs[name], log_dir) as running:
+                timings[f"{name} startup"] = running.startup_s
+                runs += asyncio.run(
+                    benchmark_server(running, name, workloads, timeout=args.request_timeout, deadline=deadline)
+                )
+        except RuntimeError as exc:
+            print(f"{name}: {exc}", flush=True)
+            failures[name] = str(exc)
+        timings[f"{name} total"] = time.monotonic() - started
+    timings["run"] = time.monotonic() - began
+
+    text = report(runs, workloads, failures)
+    print()
+    print(text)
+    print()
+    print("timings: " + ", ".join(f"{key} {value:.0f} s" for key, value in timings.items()))
+    if args.json_out is not None:
+        payload = {
+            "model": MODEL,
+            "cpu_count": os.cpu_count(),
+            "llama_cpp_python": importlib.metadata.version("llama-cpp-python"),
+            "context": CONTEXT,
+            "threads": THREADS,
+            "temperature": TEMPERATURE,
+            "quick": args.quick,
+            "workloads": [
+                {k: v for k, v in asdict(w).items() if k != "prompts"} | {"requests": len(w.prompts)} for w in workloads
+            ],
+            "runs": [asdict(r) | {"results": [asdict(x) | {"gaps_s": None} for x in r.results]} for r in runs],
+            "ratios": peer_ratios(runs),
+            "goals": [{"goal": g, "value": v, "pass": p} for g, v, p in goals(runs)],
+            "failures": failures,
+            "timings_s": timings,
+        }
+        args.json_out.write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.json_out}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

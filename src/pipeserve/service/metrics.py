@@ -1,0 +1,91 @@
+"""Prometheus metrics, one registry per app (no process-global state), served at `GET /metrics`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pipeserve.service.models import ModelRegistry
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self, models: ModelRegistry) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "pipeserve_requests",
+            "Chat completion requests by model and HTTP status.",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "pipeserve_prompt_tokens", "Prompt tokens of completed requests.", ["model"], registry=self.registry
+        )
+        self.cached_tokens = Counter(
+            "pipeserve_prompt_cached_tokens",
+            "Prompt tokens whose KV entries were reused from the prefix cache.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.completion_tokens = Counter(
+            "pipeserve_completion_tokens", "Generated tokens.", ["model"], registry=self.registry
+        )
+        self.ttft = Histogram(
+            "pipeserve_time_to_first_token_seconds",
+            "From the request reaching the engine to its first generated token.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.itl = Histogram(
+            "pipeserve_inter_token_latency_seconds",
+            "Between consecutive engine steps that gave a request tokens.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.prompt_totals: dict[str, list[int]] = {}  # model -> [prompt tokens, cached tokens]
+        self.registry.register(_EngineCollector(models, self.prompt_totals))
+
+    def record_usage(self, model: str, prompt: int, cached: int, completion: int) -> None:
+        self.prompt_tokens.labels(model).inc(prompt)
+        self.cached_tokens.labels(model).inc(cached)
+        self.completion_tokens.labels(model).inc(completion)
+        totals = self.prompt_totals.setdefault(model, [0, 0])
+        totals[0] += prompt
+        totals[1] += cached
+
+
+class _EngineCollector(Collector):
+    """Engine state, read at scrape time."""
+
+    def __init__(self, models: ModelRegistry, prompt_totals: dict[str, list[int]]) -> None:
+        self.models = models
+        self.prompt_totals = prompt_totals
+
+    def collect(self) -> Iterator[Metric]:
+        running = GaugeMetricFamily("pipeserve_running_sequences", "Sequences being decoded.", labels=["model"])
+        queued = GaugeMetricFamily("pipeserve_queue_depth", "Requests waiting for a free sequence.", labels=["model"])
+        kv = GaugeMetricFamily(
+            "pipeserve_kv_cache_usage_ratio",
+            "Share of KV cache cells held by running sequences and the prefix cache.",
+            labels=["model"],
+        )
+        hits = GaugeMetricFamily(
+            "pipeserve_prefix_cache_hit_ratio",
+            "Share of all prompt tokens since start whose KV entries came from the prefix cache.",
+            labels=["model"],
+        )
+        for served in self.models:
+            model = served.config.id
+            stats = served.engine.stats()
+            running.add_metric([model], stats.running_sequences)
+            queued.add_metric([model], stats.waiting_requests)
+            kv.add_metric([model], stats.kv_cells_used / stats.kv_cells_total if stats.kv_cells_total else 0)
+            prompt, cached = self.prompt_totals.get(model, [0, 0])
+            hits.add_metric([model], cached / prompt if prompt else 0)
+        yield from (running, queued, kv, hits)
