@@ -10,9 +10,9 @@ from typing import Any, cast
 import orjson
 import pytest
 
-from pipeserve.engines.base import Delta, Engine, EngineStats, Generation, TokenLogprob, TopToken
+from pipeserve.engines.base import Capabilities, Delta, Engine, EngineStats, Generation, TokenLogprob, TopToken
 from pipeserve.errors import EngineError, ModelNotFoundError, PipeserveError
-from pipeserve.params import ChatMessage, ChatParams
+from pipeserve.params import ChatMessage, ChatParams, SamplingParams
 from pipeserve.service.chat import ChatService
 from pipeserve.service.models import ModelRegistry, ServedModel
 from pipeserve.settings import ModelConfig
@@ -266,3 +266,25 @@ async def test_consumer_leaving_after_the_role_chunk_cancels_the_generation() ->
     await stream.aclose()
     await settle()
     assert engine.stops == [(None, False)]
+
+
+class PlainEngine(FakeEngine):
+    capabilities = Capabilities(logprobs=False, seed=False, logit_bias=False, structured_output=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"logprobs": True}, "logprobs"),
+        ({"sampling": SamplingParams(seed=3)}, "seed"),
+        ({"sampling": SamplingParams(logit_bias=((1, 5.0),))}, "logit_bias"),
+        ({"constraint": {"type": "object"}}, "response_format"),
+    ],
+)
+async def test_fields_an_engine_cannot_honour_are_a_400(change: dict[str, Any], param: str) -> None:
+    engine = PlainEngine([[d(0, "a", finish="stop")]])
+    with pytest.raises(PipeserveError) as caught:
+        await service(engine).complete(replace(PARAMS, **change))
+    assert caught.value.status_code == 400 and caught.value.param == param
+    assert engine.received == []
+    assert (await service(PlainEngine([[d(0, "a", finish="stop")]])).complete(PARAMS)).choices[0].message.content == "a"

@@ -41,10 +41,13 @@ class Delta:
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
+    """What an engine can honour; the pipeline answers 400 for a request field it can't."""
+
     logprobs: bool = True
     max_top_logprobs: int = 20
     seed: bool = True
     logit_bias: bool = True
+    structured_output: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import orjson
 
 from pipeserve.engines.base import Generation, TokenLogprob
-from pipeserve.errors import EngineError, PipeserveError
+from pipeserve.errors import EngineError, PipeserveError, UnsupportedParameterError
 from pipeserve.params import ChatParams
 from pipeserve.protocol import chat_completions as wire
 from pipeserve.service.choices import ChoiceState, Emitted
@@ -124,6 +124,7 @@ class ChatService:
 
     async def _start(self, params: ChatParams) -> _Run:
         served = self.models.resolve(params.model)
+        _check_capabilities(served, params)
         started = time.perf_counter()
         generation = await served.engine.generate(params)
         return _Run(
@@ -202,6 +203,22 @@ class ChatService:
             yield SSE_DONE
         finally:
             run.generation.cancel()  # no-op once finished; a consumer that left early frees its sequences
+
+
+def _check_capabilities(served: ServedModel, params: ChatParams) -> None:
+    can = served.engine.capabilities
+    wanted = {
+        "logprobs": params.logprobs and not can.logprobs,
+        "top_logprobs": params.top_logprobs > can.max_top_logprobs,
+        "seed": params.sampling.seed is not None and not can.seed,
+        "logit_bias": bool(params.sampling.logit_bias) and not can.logit_bias,
+        "response_format": params.constraint is not None and not can.structured_output,
+    }
+    for field, missing in wanted.items():
+        if missing:
+            raise UnsupportedParameterError(
+                f"The model {served.config.id} can't honour '{field}'. Remove it or use another model.", param=field
+            )
 
 
 def _chunk_logprobs(emitted: Emitted) -> wire.ChoiceLogprobs:
