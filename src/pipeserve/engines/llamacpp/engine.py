@@ -14,7 +14,8 @@ from pipeserve.engines.base import Delta, Engine, EngineStats, Generation
 from pipeserve.engines.llamacpp.guided import Guide
 from pipeserve.engines.llamacpp.model import LlamaModel
 from pipeserve.engines.llamacpp.options import LlamaCppOptions
-from pipeserve.engines.llamacpp.scheduler import Job, Scheduler
+from pipeserve.engines.llamacpp.scheduler import Scheduler
+from pipeserve.engines.llamacpp.slots import Job
 from pipeserve.errors import ContextLengthExceededError, EngineUnavailableError, InvalidRequestError
 from pipeserve.params import ChatParams
 from pipeserve.settings import ModelConfig

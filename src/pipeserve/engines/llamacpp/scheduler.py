@@ -11,19 +11,17 @@ from __future__ import annotations
 import codecs
 import logging
 import queue
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 from pipeserve.engines.base import Delta, EngineStats
 from pipeserve.engines.llamacpp import sampling
 from pipeserve.engines.llamacpp.guided import Guide, GuideCompiler
 from pipeserve.engines.llamacpp.model import LlamaModel
+from pipeserve.engines.llamacpp.slots import Job, Slot, common_prefix
 from pipeserve.errors import EngineError, PipeserveError, RateLimitError
-from pipeserve.params import SamplingParams
 
 log = logging.getLogger("pipeserve.llamacpp")
 
@@ -31,76 +29,6 @@ Dispatch = Callable[["Job", list[Delta], bool], None]
 
 # A job waits for a prompt being prefilled only when that saves at least this many tokens of prefill.
 _FOLLOW_GAIN = 16
-
-
-@dataclass(eq=False)
-class Job:
-    """One request: `n` choices over one prompt."""
-
-    prompt: list[int]
-    n: int
-    max_tokens: int
-    sampling: SamplingParams
-    top_logprobs: int | None  # None: no logprobs
-    dispatch_to: Any  # the Generation the deltas are for; opaque here
-    schema: dict[str, Any] | None = None  # constrained output: a JSON schema and its compiled grammar
-    grammar: str | None = None
-    slots: list[Slot] = field(default_factory=list)
-    # Waiting for another job's prompt prefill to reach this many shared tokens, to copy them.
-    follow: tuple[Job, int] | None = None
-    cached_tokens: int = 0
-    cancelled: bool = False
-    failed: PipeserveError | None = None
-
-    @property
-    def footprint(self) -> int:
-        """An upper bound of the KV cells this job's sequences may hold (shared cells counted per holder)."""
-        return self.n * (len(self.prompt) + self.max_tokens)
-
-
-@dataclass(eq=False)
-class Slot:
-    """One llama.cpp sequence. `tokens` are exactly the tokens whose KV entries it holds, by position."""
-
-    seq: int
-    tokens: list[int] = field(default_factory=list)
-    job: Job | None = None
-    choice: int = 0
-    sampler: Any = None
-    pending: int | None = None  # sampled, not yet decoded
-    generated: int = 0
-    decoder: codecs.IncrementalDecoder | None = None
-    guide: Guide | None = None
-    last_used: float = 0.0
-
-    def release(self, model: LlamaModel, *, keep_cache: bool) -> None:
-        if self.sampler is not None:
-            sampling.free_sampler(self.sampler)
-        self.sampler = None
-        self.job = None
-        self.pending = None
-        self.decoder = None
-        self.guide = None
-        self.last_used = time.monotonic()
-        if not keep_cache:
-            self.clear(model)
-
-    def clear(self, model: LlamaModel) -> None:
-        if self.tokens:
-            model.seq_clear(self.seq)
-        self.tokens = []
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix, by binary search over C-speed slice comparisons."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 class Scheduler:
