@@ -64,6 +64,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -88,6 +89,7 @@ LLAMA_SERVER_SLOTS = 16
 TEMPERATURE = 0.7
 BASE_SEED = 4321
 STARTUP_TIMEOUT_S = 180.0
+MAX_CONNECTION_RETRIES = 2
 REPO = Path(__file__).resolve().parent.parent
 SERVERS = ("pipeserve", "llama-server", "llama-cpp-python")
 PEERS = ("llama-server", "llama-cpp-python")
@@ -507,6 +509,70 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all CPUs spent busy since boot (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICK
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a process and its living descendants."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLOCK_TICK
+
+
+class CpuMeter:
+    """CPU time used during a block by the server, by this benchmark process, and by everything else on the
+    machine (another test run, a build): the last one says how trustworthy the numbers are."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.server_s = self.client_s = self.other_s = self.wall_s = 0.0
+
+    def _read(self) -> tuple[float, float, float, float]:
+        times = os.times()
+        return time.monotonic(), machine_busy_s(), process_cpu_s(self.pid), times.user + times.system
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._read()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._read()
+        wall, busy, server, client = (b - a for a, b in zip(self._start, end, strict=True))
+        self.wall_s, self.server_s, self.client_s = wall, server, client
+        self.other_s = max(0.0, busy - server - client)
+
+
+def wait_for_quiet(pid: int, max_wait_s: float, *, quiet_s: float = 3.0, threshold: float = 0.10) -> float:
+    """Wait until every process but the server `pid` and this one has used less than `threshold` of the CPUs for
+    `quiet_s` seconds in a row (or `max_wait_s` passed); returns the seconds waited. On a shared machine a test
+    run beside the benchmark can halve what a server gets (two OpenMP thread pools on 2 CPUs)."""
+    started = time.monotonic()
+    calm = 0.0
+    cpus = os.cpu_count() or 1
+    while calm < quiet_s and time.monotonic() - started < max_wait_s:
+        with CpuMeter(pid) as meter:
+            time.sleep(0.5)
+        if meter.wall_s > 0 and meter.other_s / (meter.wall_s * cpus) < threshold:
+            calm += meter.wall_s
+        else:
+            calm = 0.0
+    return time.monotonic() - started
+
+
 class RssSampler:
     """Samples the RSS of a process and its descendants every `interval` seconds on a thread; keeps the peak."""
 
@@ -543,26 +609,41 @@ class RequestResult:
     content_chunks: int
     gaps_s: list[float] = field(default_factory=list)  # between consecutive content chunks
     error: str | None = None
+    retries: int = 0  # connection errors before any response, retried
 
 
 async def one_request(
     client: openai.AsyncOpenAI, messages: list[dict[str, str]], *, index: int, max_tokens: int, timeout: float
 ) -> RequestResult:
+    """One streamed request. A connection that the server closed while idle (llama-server closes kept-alive
+    connections now and then: "Server disconnected without sending a response") is retried, at most twice and
+    only before any response; the time lost counts in the request's TTFT and in the workload's wall time."""
     start = time.perf_counter()
     stamps: list[float] = []
     usage: int | None = None
     finish: str | None = None
+    retries = 0
+    while True:
+        try:
+            stream = await client.chat.completions.create(
+                model=MODEL,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=TEMPERATURE,
+                seed=BASE_SEED + index,
+                stream=True,
+                stream_options={"include_usage": True},
+                timeout=timeout,
+            )
+        except openai.APIConnectionError as exc:
+            if retries < MAX_CONNECTION_RETRIES and not isinstance(exc, openai.APITimeoutError):
+                retries += 1
+                continue
+            return RequestResult(index, 0, False, None, time.perf_counter() - start, None, 0, [], repr(exc), retries)
+        except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
+            return RequestResult(index, 0, False, None, time.perf_counter() - start, None, 0, [], repr(exc), retries)
+        break
     try:
-        stream = await client.chat.completions.create(
-            model=MODEL,
-            messages=messages,  # type: ignore[arg-type]
-            max_tokens=max_tokens,
-            temperature=TEMPERATURE,
-            seed=BASE_SEED + index,
-            stream=True,
-            stream_options={"include_usage": True},
-            timeout=timeout,
-        )
         async for chunk in stream:
             now = time.perf_counter()
             if chunk.usage is not None:
@@ -573,13 +654,14 @@ async def one_request(
                 if choice.finish_reason is not None:
                     finish = choice.finish_reason
     except (openai.OpenAIError, httpx.HTTPError, TimeoutError) as exc:
-        return RequestResult(index, 0, False, None, time.perf_counter() - start, None, 0, [], repr(exc))
+        seconds = time.perf_counter() - start
+        return RequestResult(index, 0, False, None, seconds, None, len(stamps), [], repr(exc), retries)
     seconds = time.perf_counter() - start
     tokens = usage if usage is not None else len(stamps)
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     ttft = stamps[0] - start if stamps else None
     error = None if stamps else "no content"
-    return RequestResult(index, tokens, usage is not None, finish, seconds, ttft, len(stamps), gaps, error)
+    return RequestResult(index, tokens, usage is not None, finish, seconds, ttft, len(stamps), gaps, error, retries)
 
 
 async def run_workload(
@@ -636,12 +718,25 @@ class RunResult:
     itl_p95_s: float | None
     peak_rss_bytes: int
     loaded_rss_bytes: int  # before the workload started
+    server_cpu_s: float
+    client_cpu_s: float  # this benchmark process (the openai client, the RSS sampler)
+    other_cpu_s: float  # every other process on the machine: should be ~0 for trustworthy numbers
+    server_cpu_pct: float  # of all CPUs over the workload's wall time
+    other_cpu_pct: float
+    retries: int  # connection errors before any response, retried (see one_request)
     results: list[RequestResult] = field(default_factory=list, repr=False)
 
 
 def summarize(
-    workload: Workload, server: str, results: list[RequestResult], seconds: float, peak: int, loaded: int
+    workload: Workload,
+    server: str,
+    results: list[RequestResult],
+    seconds: float,
+    peak: int,
+    loaded: int,
+    cpu: CpuMeter,
 ) -> RunResult:
+    capacity = cpu.wall_s * (os.cpu_count() or 1)
     ok = [r for r in results if r.error is None]
     tokens = sum(r.completion_tokens for r in ok)
     ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
@@ -663,14 +758,35 @@ def summarize(
         itl_p95_s=percentile(gaps, 0.95),
         peak_rss_bytes=peak,
         loaded_rss_bytes=loaded,
+        server_cpu_s=cpu.server_s,
+        client_cpu_s=cpu.client_s,
+        other_cpu_s=cpu.other_s,
+        server_cpu_pct=100 * cpu.server_s / capacity if capacity > 0 else 0.0,
+        other_cpu_pct=100 * cpu.other_s / capacity if capacity > 0 else 0.0,
+        retries=sum(r.retries for r in results),
         results=results,
     )
 
 
 async def benchmark_server(
-    running: Running, name: str, workloads: list[Workload], *, timeout: float, deadline: float
+    running: Running,
+    name: str,
+    workloads: list[Workload],
+    *,
+    timeout: float,
+    deadline: float,
+    quiet_wait: float = 0.0,
 ) -> list[RunResult]:
-    client = openai.AsyncOpenAI(base_url=f"{running.url}/v1", api_key="bench", max_retries=0, timeout=timeout)
+    # Idle connections are dropped after 2 s, before the servers' own keep-alive timeouts (llama-server: 5 s)
+    # could close one just as a request is sent on it (a spurious "Connection error").
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100, keepalive_expiry=2.0)
+    client = openai.AsyncOpenAI(
+        base_url=f"{running.url}/v1",
+        api_key="bench",
+        max_retries=0,
+        timeout=timeout,
+        http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout),
+    )
     try:
         started = time.monotonic()
         for i in range(2):
@@ -691,8 +807,11 @@ async def benchmark_server(
                 f"max_tokens {workload.max_tokens} ...",
                 flush=True,
             )
+            waited = wait_for_quiet(running.pid, min(quiet_wait, max(0.0, deadline - time.monotonic())))
+            if waited > 5:  # the 3 quiet seconds themselves are not worth a line
+                print(f"{name}: waited {waited:.0f} s for other processes to leave the CPUs alone", flush=True)
             loaded = rss_bytes(running.pid)
-            with RssSampler(running.pid) as sampler:
+            with RssSampler(running.pid) as sampler, CpuMeter(running.pid) as cpu:
                 try:
                     results, seconds = await asyncio.wait_for(
                         run_workload(client, workload, timeout=timeout), timeout=remaining
@@ -700,7 +819,7 @@ async def benchmark_server(
                 except TimeoutError:
                     print(f"{name}: time cap reached during {workload.key}; stopping", flush=True)
                     break
-            run = summarize(workload, name, results, seconds, sampler.peak, loaded)
+            run = summarize(workload, name, results, seconds, sampler.peak, loaded, cpu)
             for r in results:
                 if r.error is not None:
                     print(f"  request {r.index} failed: {r.error}", flush=True)
@@ -792,8 +911,9 @@ def report(runs: list[RunResult], workloads: list[Workload], failures: dict[str,
         )
     lines.append("")
     header = (
-        f"{'workload':<14} {'server':<17} {'reqs':>5} {'tokens':>6} {'length':>6} {'wall s':>7} {'tok/s':>7}"
+        f"{'workload':<16} {'server':<17} {'reqs':>5} {'tokens':>6} {'length':>6} {'wall s':>7} {'tok/s':>7}"
         f" {'req/s':>6} {'TTFT p50':>8} {'TTFT p95':>8} {'ITL p50':>7} {'ITL p95':>7} {'RSS MiB':>7}"
+        f" {'srv CPU':>7} {'other':>5}"
     )
     lines += [header, "-" * len(header)]
     names = {w.key: f"{w.key} {w.name}" for w in workloads}
@@ -802,16 +922,25 @@ def report(runs: list[RunResult], workloads: list[Workload], failures: dict[str,
             reqs = str(r.requests) if not r.errors else f"{r.requests}({r.errors}!)"
             tokens = str(r.tokens) if r.usage_reported else f"{r.tokens}*"
             lines.append(
-                f"{names[r.workload]:<14} {r.server:<17} {reqs:>5} {tokens:>6} {r.finish_length:>6}"
+                f"{names[r.workload]:<16} {r.server:<17} {reqs:>5} {tokens:>6} {r.finish_length:>6}"
                 f" {r.seconds:>7.1f} {r.tok_s:>7.1f} {r.req_s:>6.2f} {ms(r.ttft_p50_s):>8} {ms(r.ttft_p95_s):>8}"
                 f" {ms(r.itl_p50_s):>7} {ms(r.itl_p95_s):>7} {mib(r.peak_rss_bytes):>7}"
+                f" {r.server_cpu_pct:>6.0f}% {r.other_cpu_pct:>4.0f}%"
             )
     lines += [
         "",
         "tokens: sum of usage.completion_tokens (* = content chunks, the server sent no usage); length: requests",
         "that ended at max_tokens; TTFT, ITL in ms (ITL: gaps between consecutive content chunks, all requests);",
-        "RSS: peak VmRSS of the server process and its children during the workload.",
+        "RSS: peak VmRSS of the server process and its children during the workload.  srv CPU, other: CPU time of",
+        "the server, and of every process but the server and this client, in % of all CPUs over the wall time",
+        "(other > a few % means something else ran beside the benchmark: its numbers are not trustworthy).",
     ]
+    retried = [f"{r.workload} {r.server} {r.retries}" for r in runs if r.retries]
+    if retried:
+        lines.append(f"requests retried after a dropped idle connection: {', '.join(retried)}")
+    noisy = [f"{r.workload} {r.server}" for r in runs if r.other_cpu_pct > 10]
+    if noisy:
+        lines.append(f"WARNING: other processes used > 10% of the CPUs during: {', '.join(noisy)}; rerun those.")
     for name, error in failures.items():
         lines.append(f"{name}: FAILED: {error.splitlines()[0] if error else ''}")
     ratios = peer_ratios(runs)
@@ -821,11 +950,11 @@ def report(runs: list[RunResult], workloads: list[Workload], failures: dict[str,
         lines += [
             "",
             f"pipeserve / {peer}:",
-            f"  {'workload':<14} {'tok/s':>7} {'TTFT p50':>9} {'ITL p50':>8} {'RSS':>6}",
+            f"  {'workload':<16} {'tok/s':>7} {'TTFT p50':>9} {'ITL p50':>8} {'RSS':>6}",
         ]
         for key, values in ratios[peer].items():
             lines.append(
-                f"  {names.get(key, key):<14} {fx(values['tok_s']):>7} {fx(values['ttft_p50']):>9}"
+                f"  {names.get(key, key):<16} {fx(values['tok_s']):>7} {fx(values['ttft_p50']):>9}"
                 f" {fx(values['itl_p50']):>8} {fx(values['rss']):>6}"
             )
     lines += ["", "goals (pipeserve vs peer):"]
@@ -833,6 +962,10 @@ def report(runs: list[RunResult], workloads: list[Workload], failures: dict[str,
         verdict = "-" if passed is None else ("PASS" if passed else "MISS")
         lines.append(f"  {label:<52} {fx(value):>7}  {verdict}")
     return "\n".join(lines)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -853,9 +986,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-only", action="store_true", help="build llama-server into the cache and exit")
     parser.add_argument("--request-timeout", type=float, default=600.0, help="per-request timeout, s (default 600)")
     parser.add_argument("--time-cap", type=float, default=3600.0, help="cap on the whole run, s (default 3600)")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=600.0,
+        help="before each workload, wait up to this many seconds until other processes use < 10%% of the CPUs "
+        "(default 600; 0: don't wait)",
+    )
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the servers' logs here (default: temporary)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the results as JSON to this path")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # `timeout`/`kill`: unwind, so that the servers are stopped
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = [s for s in servers if s not in SERVERS]
     if unknown or not servers:
@@ -863,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.monotonic()
     deadline = began + args.time_cap
-    llama_server: Path | None = args.llama_server
+    llama_server: Path | None = args.llama_server.resolve() if args.llama_server else None
     if llama_server is None and ("llama-server" in servers or args.build_only):
         llama_server = ensure_llama_server(args.cache_dir.resolve())
         print(f"llama-server: {llama_server}", flush=True)
@@ -890,7 +1031,14 @@ def main(argv: list[str] | None = None) -> int:
             with running_server(specs[name], log_dir) as running:
                 timings[f"{name} startup"] = running.startup_s
                 runs += asyncio.run(
-                    benchmark_server(running, name, workloads, timeout=args.request_timeout, deadline=deadline)
+                    benchmark_server(
+                        running,
+                        name,
+                        workloads,
+                        timeout=args.request_timeout,
+                        deadline=deadline,
+                        quiet_wait=args.quiet_wait,
+                    )
                 )
         except RuntimeError as exc:
             print(f"{name}: {exc}", flush=True)

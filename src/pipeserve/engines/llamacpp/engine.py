@@ -66,6 +66,8 @@ class LlamaCppEngine(Engine):
                 model,
                 n_slots=options.max_sequences,
                 batch_size=options.batch_size,
+                prefill_chunk=options.prefill_chunk,
+                cache_cells=options.prefix_cache_size,
                 max_waiting=self.max_waiting,
                 dispatch=self._dispatch,
             )

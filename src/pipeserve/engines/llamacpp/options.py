@@ -48,6 +48,19 @@ class LlamaCppOptions(BaseModel):
         ge=32,
         description="Most tokens decoded in one step (decode tokens of running sequences plus prompt chunks).",
     )
+    prefill_chunk: int = Field(
+        default=256,
+        ge=16,
+        description="Most prompt tokens prefilled in one step while other sequences are decoding, so that a "
+        "long new prompt delays running streams by one short step at a time.",
+    )
+    prefix_cache_size: int = Field(
+        default=2048,
+        ge=0,
+        description="KV cells that finished sequences may keep as a prefix cache (least recently used "
+        "evicted first). Every decode step attends over the span of occupied cells, so a large cache "
+        "slows all running sequences.",
+    )
     threads: int | None = Field(default=None, ge=1, description="CPU threads for llama.cpp. Default: all cores.")
     chat_template: str | None = Field(
         default=None,

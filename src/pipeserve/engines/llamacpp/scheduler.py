@@ -35,12 +35,22 @@ class Scheduler:
     """Owns the slots and runs the step loop. Only the engine thread calls its methods."""
 
     def __init__(
-        self, model: LlamaModel, *, n_slots: int, batch_size: int, max_waiting: int, dispatch: Dispatch
+        self,
+        model: LlamaModel,
+        *,
+        n_slots: int,
+        batch_size: int,
+        max_waiting: int,
+        dispatch: Dispatch,
+        prefill_chunk: int | None = None,
+        cache_cells: int | None = None,
     ) -> None:
         self.model = model
         self.guides = GuideCompiler(model)
         self.slots = [Slot(seq) for seq in range(n_slots)]
         self.batch_size = batch_size
+        self.prefill_chunk = prefill_chunk or batch_size
+        self.cache_cells = model.n_ctx if cache_cells is None else cache_cells
         self.max_waiting = max_waiting
         self.dispatch = dispatch
         self.waiting: deque[Job] = deque()
@@ -271,8 +281,10 @@ class Scheduler:
                     decoding.append((slot, count))
                     count += 1
         chunks: list[tuple[Job, list[int], int | None]] = []  # job, prompt chunk, logits row if it ends the prompt
+        # While sequences decode, prompts advance by short chunks so that each step stays short for them.
+        limit = self.batch_size if count == 0 else min(self.batch_size, count + self.prefill_chunk)
         for job in self.prefilling:
-            budget = self.batch_size - count
+            budget = limit - count
             if budget <= 0:
                 break
             if job.follow is not None and not self._caught_up(job):
@@ -312,6 +324,18 @@ class Scheduler:
             for slot in job.slots:
                 self._sample(slot, row, outputs)
         self._deliver(outputs)
+        self._trim_cache()
+
+    def _trim_cache(self) -> None:
+        """Keep the prefix cache within its budget, evicting the least recently used first: llama.cpp's
+        attention spans every occupied cell, so idle cells cost every step."""
+        idle = [slot for slot in self.slots if slot.job is None and slot.tokens]
+        held = sum(len(slot.tokens) for slot in idle)
+        for slot in sorted(idle, key=lambda s: s.last_used):
+            if held <= self.cache_cells:
+                break
+            held -= len(slot.tokens)
+            slot.clear(self.model)
 
     @staticmethod
     def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
