@@ -361,11 +361,14 @@ class ServerSpec:
     health_path: str
 
 
-def server_specs(gguf: Path, llama_server: Path | None) -> dict[str, ServerSpec]:
+def server_specs(
+    gguf: Path, llama_server: Path | None, pipeserve_options: list[str] | None = None
+) -> dict[str, ServerSpec]:
     def pipeserve_args(port: int, tmp: Path) -> list[str]:
         config = tmp / "pipeserve.toml"
+        extra = "".join(f"{option}\n" for option in pipeserve_options or [])
         config.write_text(
-            f'[[models]]\nid = "{MODEL}"\nengine = "llamacpp"\ncontext_size = {CONTEXT}\nthreads = {THREADS}\n'
+            f'[[models]]\nid = "{MODEL}"\nengine = "llamacpp"\ncontext_size = {CONTEXT}\nthreads = {THREADS}\n{extra}'
         )
         return [
             sys.executable,
@@ -798,6 +801,9 @@ async def benchmark_server(
         print(f"{name}: warm-up {time.monotonic() - started:.1f} s", flush=True)
         runs: list[RunResult] = []
         for workload in workloads:
+            waited = wait_for_quiet(running.pid, min(quiet_wait, max(0.0, deadline - time.monotonic())))
+            if waited > 5:  # the 3 quiet seconds themselves are not worth a line
+                print(f"{name}: waited {waited:.0f} s for other processes to leave the CPUs alone", flush=True)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 print(f"{name}: time cap reached, {workload.key} skipped", flush=True)
@@ -807,9 +813,6 @@ async def benchmark_server(
                 f"max_tokens {workload.max_tokens} ...",
                 flush=True,
             )
-            waited = wait_for_quiet(running.pid, min(quiet_wait, max(0.0, deadline - time.monotonic())))
-            if waited > 5:  # the 3 quiet seconds themselves are not worth a line
-                print(f"{name}: waited {waited:.0f} s for other processes to leave the CPUs alone", flush=True)
             loaded = rss_bytes(running.pid)
             with RssSampler(running.pid) as sampler, CpuMeter(running.pid) as cpu:
                 try:
@@ -897,12 +900,16 @@ def goals(runs: list[RunResult]) -> list[tuple[str, float | None, bool | None]]:
     ]
 
 
-def report(runs: list[RunResult], workloads: list[Workload], failures: dict[str, str]) -> str:
+def report(
+    runs: list[RunResult], workloads: list[Workload], failures: dict[str, str], pipeserve_options: list[str]
+) -> str:
     lines = [
         f"model: {MODEL} Q4_1   cpus: {os.cpu_count()}   python: {platform.python_version()}   "
         f"llama-cpp-python: {importlib.metadata.version('llama-cpp-python')}   context: {CONTEXT}   "
         f"threads: {THREADS}   temperature: {TEMPERATURE}",
     ]
+    if pipeserve_options:
+        lines.append(f"pipeserve options: {', '.join(pipeserve_options)}")
     for w in workloads:
         sizes = w.prompt_tokens
         lines.append(
@@ -993,6 +1000,13 @@ def main(argv: list[str] | None = None) -> int:
         help="before each workload, wait up to this many seconds until other processes use < 10%% of the CPUs "
         "(default 600; 0: don't wait)",
     )
+    parser.add_argument(
+        "--pipeserve-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra line for pipeserve's [[models]] table, in TOML (e.g. prefix_cache_size=0); repeatable",
+    )
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the servers' logs here (default: temporary)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the results as JSON to this path")
     args = parser.parse_args(argv)
@@ -1015,7 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
     workloads = build_workloads(Tokenizer(gguf), quick=args.quick)
     for w in workloads:
         print(f"{w.key} {w.name}: prompt text {min(w.prompt_tokens)}-{max(w.prompt_tokens)} tokens", flush=True)
-    specs = server_specs(gguf, llama_server)
+    specs = server_specs(gguf, llama_server, args.pipeserve_option)
     runs: list[RunResult] = []
     failures: dict[str, str] = {}
     timings: dict[str, float] = {}
@@ -1046,7 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
         timings[f"{name} total"] = time.monotonic() - started
     timings["run"] = time.monotonic() - began
 
-    text = report(runs, workloads, failures)
+    text = report(runs, workloads, failures, args.pipeserve_option)
     print()
     print(text)
     print()
@@ -1060,6 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": THREADS,
             "temperature": TEMPERATURE,
             "quick": args.quick,
+            "pipeserve_options": args.pipeserve_option,
             "workloads": [
                 {k: v for k, v in asdict(w).items() if k != "prompts"} | {"requests": len(w.prompts)} for w in workloads
             ],

@@ -46,7 +46,13 @@ def test_file_holds_only_the_hash(path: Path) -> None:
     assert key.removeprefix("ps-") not in text
     assert json.loads(text) == {
         "keys": [
-            {"id": stored.id, "name": "ci", "hash": hashlib.sha256(key.encode()).hexdigest(), "created": stored.created}
+            {
+                "id": stored.id,
+                "name": "ci",
+                "hash": hashlib.sha256(key.encode()).hexdigest(),
+                "created": stored.created,
+                "project": "default",
+            }
         ]
     }
 
@@ -87,3 +93,23 @@ def test_revocation_is_seen_even_when_size_and_mtime_are_unchanged(path: Path) -
     assert path.stat().st_size == before.st_size
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert reader.verify(key) is False
+
+
+def test_keys_belong_to_projects(path: Path) -> None:
+    store = KeyStore(path)
+    a, key_a = store.create("a", project="alpha")
+    _, key_b = store.create("b")
+    found = store.find(key_a)
+    assert found is not None and found.id == a.id and found.project == "alpha"
+    found = store.find(key_b)
+    assert found is not None and found.project == "default"
+    assert store.find("ps-nope") is None
+
+
+def test_keys_from_before_projects_belong_to_the_default_project(path: Path) -> None:
+    key = "ps-old"
+    old = {"id": "key_1", "name": "", "hash": hashlib.sha256(key.encode()).hexdigest(), "created": 1}
+    path.parent.mkdir()
+    path.write_text(json.dumps({"keys": [old]}))
+    found = KeyStore(path).find(key)
+    assert found is not None and found.project == "default"

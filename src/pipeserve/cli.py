@@ -5,37 +5,26 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from pipeserve import __version__
-from pipeserve.settings import Settings
+from pipeserve.commands import datasets as datasets_commands
+from pipeserve.commands import logs as logs_commands
+from pipeserve.commands.common import add_settings_flags, load_settings
+from pipeserve.keys import DEFAULT_PROJECT
 
 # Settings that are flat enough to be command-line flags; `models` lives in the config file or the env.
-_FLAG_FIELDS = ("host", "port", "data_dir", "max_queued_requests", "log_level")
-
-
-def _add_settings_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
-    parser.add_argument("--config", type=Path, default=None, help="TOML config file (also PIPESERVE_CONFIG).")
-    for name in names:
-        field = Settings.model_fields[name]
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            default=None,
-            type=int if field.annotation is int else str,
-            help=f"{field.description} (env: PIPESERVE_{name.upper()})",
-        )
-
-
-def load_settings(args: argparse.Namespace, names: tuple[str, ...]) -> Settings:
-    import os
-
-    overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    config = args.config or (Path(os.environ["PIPESERVE_CONFIG"]) if os.environ.get("PIPESERVE_CONFIG") else None)
-    return Settings.load(config, **overrides)
+_FLAG_FIELDS = (
+    "host",
+    "port",
+    "data_dir",
+    "database_url",
+    "log_requests",
+    "cache_ttl_seconds",
+    "max_queued_requests",
+    "log_level",
+)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -66,12 +55,12 @@ def _keys(args: argparse.Namespace) -> int:
 
     store = KeyStore(load_settings(args, ("data_dir",)).keys_file)
     if args.keys_command == "create":
-        stored, key = store.create(args.name)
+        stored, key = store.create(args.name, args.project)
         print(key)
         print(f"Created {stored.id}. This key is shown once; pipeserve keeps only its hash.", file=sys.stderr)
     elif args.keys_command == "list":
         for stored in store.all():
-            print(f"{stored.id}\t{stored.name}\t{stored.created}")
+            print(f"{stored.id}\t{stored.project}\t{stored.name}\t{stored.created}")
     elif args.keys_command == "revoke" and not store.revoke(args.key_id):
         print(f"pipeserve: no key with id {args.key_id}; `pipeserve keys list` shows them", file=sys.stderr)
         return 1
@@ -91,19 +80,27 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="Serve the configured models over HTTP.")
-    _add_settings_flags(serve, _FLAG_FIELDS)
+    add_settings_flags(serve, _FLAG_FIELDS)
     serve.set_defaults(handler=_serve)
 
     keys = commands.add_parser("keys", help="Manage API keys.")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_commands.add_parser("create", help="Create a key and print it (once).")
     create.add_argument("--name", default="", help="A label to recognise the key by.")
-    keys_commands.add_parser("list", help="List key ids, names and creation times.")
+    create.add_argument(
+        "--project",
+        default=DEFAULT_PROJECT,
+        help="The project whose logs, datasets and cache the key reads and writes (default: default).",
+    )
+    keys_commands.add_parser("list", help="List key ids, projects, names and creation times.")
     revoke = keys_commands.add_parser("revoke", help="Revoke a key by id.")
     revoke.add_argument("key_id")
     for sub in keys_commands.choices.values():
-        _add_settings_flags(sub, ("data_dir",))
+        add_settings_flags(sub, ("data_dir",))
     keys.set_defaults(handler=_keys)
+
+    logs_commands.register(commands)
+    datasets_commands.register(commands)
 
     reference = commands.add_parser("settings", help="Print the configuration reference (Markdown).")
     reference.set_defaults(handler=_settings_reference)

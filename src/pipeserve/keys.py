@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 KEY_PREFIX = "ps-"
+DEFAULT_PROJECT = "default"
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class StoredKey:
     name: str
     hash: str
     created: int
+    # Logs, datasets and cache entries belong to the key's project; keys made before projects existed
+    # belong to the default one, as do all requests while no key exists.
+    project: str = DEFAULT_PROJECT
 
 
 def _digest(key: str) -> str:
@@ -48,16 +52,26 @@ class KeyStore:
         return self._keys
 
     def verify(self, key: str) -> bool:
-        """Constant-time: every stored hash is compared, whatever matches."""
-        digest = _digest(key)
-        matched = False
-        for stored in self.all():
-            matched |= hmac.compare_digest(digest, stored.hash)
-        return matched
+        return self.find(key) is not None
 
-    def create(self, name: str = "") -> tuple[StoredKey, str]:
+    def find(self, key: str) -> StoredKey | None:
+        """The stored key for `key`. Constant-time: every stored hash is compared, whatever matches."""
+        digest = _digest(key)
+        found: StoredKey | None = None
+        for stored in self.all():
+            if hmac.compare_digest(digest, stored.hash):
+                found = stored
+        return found
+
+    def create(self, name: str = "", project: str = DEFAULT_PROJECT) -> tuple[StoredKey, str]:
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        stored = StoredKey(id=f"key_{secrets.token_hex(6)}", name=name, hash=_digest(key), created=int(time.time()))
+        stored = StoredKey(
+            id=f"key_{secrets.token_hex(6)}",
+            name=name,
+            hash=_digest(key),
+            created=int(time.time()),
+            project=project,
+        )
         self._write([*self.all(), stored])
         return stored, key
 

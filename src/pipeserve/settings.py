@@ -45,6 +45,15 @@ class ModelConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class Price(BaseModel):
+    """What one model's tokens cost, in dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: float = Field(default=0.0, ge=0, description="Dollars per million prompt tokens.")
+    completion: float = Field(default=0.0, ge=0, description="Dollars per million completion tokens.")
+
+
 def _embedded_models() -> list[ModelConfig]:
     return [
         ModelConfig(
@@ -68,7 +77,29 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one).")
     data_dir: Path = Field(
         default_factory=lambda: Path(platformdirs.user_data_dir("pipeserve")),
-        description="Directory for pipeserve's own data: the API key hashes, later the SQLite log store.",
+        description="Directory for pipeserve's own data: the API key hashes and the default SQLite store.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="Where logs, datasets and the response cache live: a SQLAlchemy URL such as "
+        "`postgresql://user@host/db` or `sqlite:///path/pipeserve.db`. Default: `pipeserve.db` (SQLite, WAL) "
+        "in `data_dir`. Migrations run at start-up.",
+    )
+    log_requests: bool = Field(
+        default=True,
+        description="Log chat completions when neither the `op-log-request` header nor the body's `store` "
+        "says whether to.",
+    )
+    cache_ttl_seconds: int = Field(
+        default=7 * 24 * 3600,
+        ge=1,
+        description="How long a response stored by `op-cache: readWrite|writeOnly` can be served again.",
+    )
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description="Token prices per model name (served or reported), as a TOML table "
+        '`[prices."gpt-4o"] prompt = 2.5, completion = 10` in dollars per million tokens; logs record the '
+        "cost. A model without a price costs 0.",
     )
     models: list[ModelConfig] = Field(
         default_factory=_embedded_models,
@@ -123,6 +154,19 @@ class Settings(BaseSettings):
             model_config = SettingsConfigDict(toml_file=config_file)
 
         return _FromFile(**overrides)
+
+    @property
+    def store_url(self) -> str:
+        """The database URL with its async driver (aiosqlite, asyncpg) filled in."""
+        url = self.database_url or f"sqlite:///{self.data_dir / 'pipeserve.db'}"
+        for plain, driver in (
+            ("sqlite://", "sqlite+aiosqlite://"),
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+        ):
+            if url.startswith(plain):
+                return driver + url[len(plain) :]
+        return url
 
     @property
     def keys_file(self) -> Path:

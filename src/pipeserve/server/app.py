@@ -12,11 +12,16 @@ from pipeserve import __version__
 from pipeserve.engines import create_engine
 from pipeserve.keys import KeyStore
 from pipeserve.server.errors import install_error_handlers
-from pipeserve.server.routes import chat, health, models
+from pipeserve.server.routes import chat, datasets, health, logs, models
+from pipeserve.service.cache import ResponseCache
 from pipeserve.service.chat import ChatService
+from pipeserve.service.completions import ChatCompletions
 from pipeserve.service.metrics import Metrics
 from pipeserve.service.models import ModelRegistry, ServedModel
+from pipeserve.service.recording import Recorder
 from pipeserve.settings import Settings
+from pipeserve.store.db import Database, open_database
+from pipeserve.store.logwriter import LogWriter
 
 log = logging.getLogger("pipeserve.server")
 
@@ -41,7 +46,12 @@ def create_app(settings: Settings) -> FastAPI:
         keys = KeyStore(settings.keys_file)
         check_bind(settings, keys)
         served: list[ServedModel] = []
+        db: Database | None = None
+        writer: LogWriter | None = None
         try:
+            db = await open_database(settings.store_url)
+            writer = LogWriter(db)
+            writer.start()
             for config in settings.models:
                 engine = create_engine(config, max_waiting=settings.max_queued_requests)
                 await engine.start()
@@ -52,15 +62,28 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.models = registry
             app.state.metrics = Metrics(registry)
             app.state.chat = ChatService(registry, app.state.metrics)
+            app.state.db = db
+            app.state.log_writer = writer
+            app.state.recorder = Recorder(writer, settings.prices)
+            app.state.cache = ResponseCache(db, settings.cache_ttl_seconds)
+            app.state.completions = ChatCompletions(
+                app.state.chat, app.state.recorder, app.state.cache, settings.log_requests
+            )
             yield
         finally:
             for model in served:
                 await model.engine.close()
+            if writer is not None:
+                await writer.close()
+            if db is not None:
+                await db.close()
 
     app = FastAPI(title="pipeserve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     for prefix in API_PREFIXES:
         app.include_router(chat.router, prefix=prefix)
         app.include_router(models.router, prefix=prefix)
+        app.include_router(logs.router, prefix=prefix)
+        app.include_router(datasets.router, prefix=prefix)
     app.include_router(health.router)
     return app

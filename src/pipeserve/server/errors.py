@@ -16,7 +16,7 @@ from pipeserve.errors import (
     NotFoundError,
     PipeserveError,
 )
-from pipeserve.server.body import param_path
+from pipeserve.validation import param_path
 
 log = logging.getLogger("pipeserve.server")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -19,10 +19,15 @@ from pipeserve.service.metrics import Metrics
 from pipeserve.service.models import ModelRegistry, ServedModel
 from pipeserve.service.outputs import StreamShaper, final_message
 from pipeserve.service.reasoning import ThinkSplitter
+from pipeserve.service.recording import Call
 
 log = logging.getLogger("pipeserve.chat")
 
 SSE_DONE = b"data: [DONE]\n\n"
+
+# Called once a stream's content is out and before its last bytes: the merged completion (as the `openai`
+# SDK assembles it) or the error that ended the stream.
+StreamEnd = Callable[[wire.ChatCompletion | None, PipeserveError | None], Awaitable[None]]
 
 
 def sse(payload: bytes) -> bytes:
@@ -54,6 +59,7 @@ class _Run:
     metrics: Metrics | None = None
     label: str = ""  # the model id, for metrics
     started: float = 0.0
+    call: Call | None = None  # the request's log record, if it has one
 
     def chunk(self, choices: list[wire.ChunkChoice], usage: wire.Usage | None = None) -> bytes:
         payload = wire.ChatCompletionChunk(
@@ -89,6 +95,8 @@ class _Run:
         last = 0.0
         try:
             async for step in self.generation:
+                if self.call is not None:
+                    self.call.mark_first_token()
                 if self.metrics is not None:
                     now = time.perf_counter()
                     histogram = self.metrics.itl if last else self.metrics.ttft
@@ -122,7 +130,7 @@ class ChatService:
         self.models = models
         self.metrics = metrics
 
-    async def _start(self, params: ChatParams) -> _Run:
+    async def _start(self, params: ChatParams, call: Call | None) -> _Run:
         served = self.models.resolve(params.model)
         _check_capabilities(served, params)
         started = time.perf_counter()
@@ -137,16 +145,22 @@ class ChatService:
             metrics=self.metrics,
             label=served.config.id,
             started=started,
+            call=call,
         )
 
     @staticmethod
     def _splitter(served: ServedModel) -> ThinkSplitter | None:
         return ThinkSplitter(*served.config.think_tags) if served.config.reasoning else None
 
-    async def complete(self, params: ChatParams) -> wire.ChatCompletion:
-        run = await self._start(params)
+    async def complete(self, params: ChatParams, call: Call | None = None) -> wire.ChatCompletion:
+        run = await self._start(params, call)
         async for _ in run.deltas():
             pass
+        return self._completion(run)
+
+    @staticmethod
+    def _completion(run: _Run) -> wire.ChatCompletion:
+        params = run.params
         choices = []
         for choice in run.choices:
             message, finish = final_message(params, choice.content, choice.finish_reason or "stop")
@@ -164,12 +178,14 @@ class ChatService:
             system_fingerprint=run.fingerprint,
         )
 
-    async def stream(self, params: ChatParams) -> AsyncIterator[bytes]:
+    async def stream(
+        self, params: ChatParams, call: Call | None = None, on_end: StreamEnd | None = None
+    ) -> AsyncIterator[bytes]:
         """Start the generation (errors raise before the first byte), then return the SSE byte stream."""
-        run = await self._start(params)
-        return self._stream(run)
+        run = await self._start(params, call)
+        return self._stream(run, on_end)
 
-    async def _stream(self, run: _Run) -> AsyncIterator[bytes]:
+    async def _stream(self, run: _Run, on_end: StreamEnd | None) -> AsyncIterator[bytes]:
         shapers = [StreamShaper(run.params) for _ in run.choices]
         try:
             try:
@@ -195,11 +211,17 @@ class ChatService:
                         yield run.chunk([end])
                 if run.params.include_usage:
                     yield run.chunk([], run.usage())
+                ended: tuple[wire.ChatCompletion | None, PipeserveError | None] = (self._completion(run), None)
             except PipeserveError as error:
                 yield sse(_error_json(error))
+                ended = (None, error)
             except Exception as exc:  # an unexpected failure mid-stream still ends the stream properly
                 log.exception("stream failed")
-                yield sse(_error_json(EngineError(f"the stream failed: {exc}")))
+                failure = EngineError(f"the stream failed: {exc}")
+                yield sse(_error_json(failure))
+                ended = (None, failure)
+            if on_end is not None:
+                await on_end(*ended)
             yield SSE_DONE
         finally:
             run.generation.cancel()  # no-op once finished; a consumer that left early frees its sequences

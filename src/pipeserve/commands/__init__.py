@@ -1,0 +1,1 @@
+"""Subcommands of `pipeserve` that work on the store directly (no server needed)."""

@@ -1,0 +1,1 @@
+"""The store: request logs, datasets and the response cache in SQLite or PostgreSQL (SQLAlchemy, async)."""

@@ -1,0 +1,92 @@
+"""The schema, in SQLAlchemy Core. Changing it needs a migration under `migrations/versions`.
+
+Times are integer milliseconds since the epoch (portable and exact on both databases); JSON columns are
+JSONB on PostgreSQL. Every row belongs to a project, and every query filters on it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+logs = Table(
+    "logs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("project", String(100), nullable=False),
+    Column("source", String(20), nullable=False),  # chat | report | report-anthropic
+    Column("completion_id", String(100), nullable=True, index=True),
+    Column("model", String(200), nullable=True),
+    Column("requested_at", BigInteger, nullable=False),
+    Column("received_at", BigInteger, nullable=True),
+    Column("ttft_ms", Float, nullable=True),
+    Column("duration_ms", Float, nullable=True),
+    Column("status_code", Integer, nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("req_payload", Json, nullable=True),
+    Column("resp_payload", Json, nullable=True),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("cost", Float, nullable=True),
+    Column("cache_hit", Boolean, nullable=False, default=False),
+    Column("key_id", String(40), nullable=True),
+    Column("meta", Json, nullable=False),  # metadata: string -> string, op-tags merged in
+    Column("tags", Json, nullable=False),  # the deprecated tags as sent (op-tags header, report's tags)
+    Index("ix_logs_project_time", "project", "requested_at", "id"),
+    Index("ix_logs_project_model", "project", "model"),
+)
+
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("project", String(100), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+dataset_entries = Table(
+    "dataset_entries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("dataset_id", String(40), ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("split", String(5), nullable=False),  # TRAIN | TEST
+    Column("messages", Json, nullable=False),
+    Column("rejected_message", Json, nullable=True),
+    Column("tools", Json, nullable=True),
+    Column("tool_choice", Json, nullable=True),
+    Column("response_format", Json, nullable=True),
+    Column("meta", Json, nullable=True),
+    Column("log_id", String(40), nullable=True),  # the log it was made from, if any
+    Index("ix_dataset_entries_dataset", "dataset_id", "created_at", "id"),
+)
+
+cache_entries = Table(
+    "cache_entries",
+    metadata,
+    Column("project", String(100), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("model", String(200), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+    Column("completion", Json, nullable=False),
+)
