@@ -83,7 +83,8 @@ def test_keys_list_and_revoke(tmp_path: Path) -> None:
 
     create_key(tmp_path)
     [line] = cli("list").stdout.splitlines()
-    key_id, name, _ = line.split("\t")
+    key_id, project, name, _ = line.split("\t")
+    assert project == "default"
     assert name == "test"
     assert cli("revoke", key_id).returncode == 0
     assert cli("list").stdout == ""
