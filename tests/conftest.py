@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -92,3 +93,75 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def client(server: Server) -> openai.OpenAI:
     return server.client()
+
+
+# --- the store: a SQLite file and a fresh PostgreSQL database, one each per session -------------------------
+
+PG_HOST = os.environ.get("PIPESERVE_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+
+def _pg_admin_url() -> str:
+    return f"{PG_HOST}/test"
+
+
+async def create_pg_database() -> str:
+    """A new, empty database on the test PostgreSQL server; its plain URL."""
+    import uuid
+
+    import asyncpg
+
+    name = f"pipeserve_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(_pg_admin_url())
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return f"{PG_HOST}/{name}"
+
+
+async def drop_pg_database(url: str) -> None:
+    import asyncpg
+
+    name = url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(_pg_admin_url())
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """An open, migrated `Database`, on SQLite and on PostgreSQL. Tests isolate themselves by project."""
+    from pipeserve.settings import Settings
+    from pipeserve.store.db import open_database
+
+    if request.param == "sqlite":
+        plain = f"sqlite:///{tmp_path_factory.mktemp('store') / 'pipeserve.db'}"
+    else:
+        plain = await create_pg_database()
+    db = await open_database(Settings(database_url=plain).store_url)
+    yield db
+    await db.close()
+    if request.param == "postgresql":
+        await drop_pg_database(plain)
+
+
+@pytest.fixture
+def project() -> str:
+    """A project no other test uses: isolation inside the shared test databases."""
+    import uuid
+
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real server on a fresh PostgreSQL database."""
+    import asyncio
+
+    url = asyncio.run(create_pg_database())
+    srv = start_server(tmp_path_factory.mktemp("pg-server"), extra_args=("--database-url", url))
+    yield srv
+    stop_server(srv)
+    asyncio.run(drop_pg_database(url))
