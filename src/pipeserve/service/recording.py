@@ -107,7 +107,7 @@ class Recorder:
         self,
         call: Call,
         *,
-        status_code: int,
+        status_code: int | None,
         resp_payload: Any = None,
         error_message: str | None = None,
         cache_hit: bool = False,

@@ -1,9 +1,159 @@
-"""The logs endpoints."""
+"""The logs endpoints: OpenPipe's reporting and metadata updates, and `GET /logs` to read them back."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from collections.abc import Sequence
 
-from pipeserve.server.auth import require_key
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pipeserve.errors import InvalidRequestError, NotFoundError
+from pipeserve.protocol import logs as wire
+from pipeserve.server.auth import Authenticated, require_key
+from pipeserve.server.body import parse_body
+from pipeserve.service import logs as service
+from pipeserve.service.recording import tag_value
+from pipeserve.store.db import Database
 
 router = APIRouter(dependencies=[Depends(require_key)])
+
+
+def _json(model: BaseModel | None, *, by_alias: bool = False) -> Response:
+    body = "null" if model is None else model.model_dump_json(by_alias=by_alias)
+    return Response(body, media_type="application/json")
+
+
+@router.post("/report")
+async def report(request: Request, principal: Authenticated) -> Response:
+    body = await parse_body(request, wire.ReportRequest)
+    await service.report(request.app.state.recorder, principal.project, principal.key_id, body)
+    return _json(wire.ReportResponse())
+
+
+@router.post("/report-anthropic")
+async def report_anthropic(request: Request, principal: Authenticated) -> Response:
+    body = await parse_body(request, wire.ReportAnthropicRequest)
+    await service.report_anthropic(request.app.state.recorder, principal.project, principal.key_id, body)
+    return _json(wire.ReportResponse())
+
+
+@router.post("/logs/update-metadata")
+async def update_metadata(request: Request, principal: Authenticated) -> Response:
+    body = await parse_body(request, wire.UpdateMetadataRequest)
+    db: Database = request.app.state.db
+    where = service.update_clauses(body.filters, sqlite=db.is_sqlite)
+    matched = await service.update_metadata(db, principal.project, where, body.metadata)
+    return _json(wire.UpdateResponse(matched_logs=matched), by_alias=True)
+
+
+@router.post("/logs/update-tags")
+async def update_tags(request: Request, principal: Authenticated) -> Response:
+    """Deprecated twin of update-metadata: tags are metadata now; the `tags` column follows along."""
+    body = await parse_body(request, wire.UpdateTagsRequest)
+    db: Database = request.app.state.db
+    where = service.update_clauses(body.filters, sqlite=db.is_sqlite)
+    changes = {key: tag_value(value) for key, value in body.tags.items()}
+    matched = await service.update_metadata(db, principal.project, where, changes, tags_too=True)
+    return _json(wire.UpdateResponse(matched_logs=matched), by_alias=True)
+
+
+@router.get("/local-testing-only-get-latest-logged-call")
+async def latest_logged_call(request: Request, principal: Authenticated) -> Response:
+    latest = await service.latest_logged_call(request.app.state.db, principal.project)
+    return _json(latest, by_alias=True)
+
+
+# --- GET /logs's query string ----------------------------------------------------------------------------
+
+_LIST_PARAMS = {
+    "model": "model",
+    "status_code": "status_code",
+    "status": "status_code",
+    "from": "from",
+    "since": "from",
+    "to": "to",
+    "until": "to",
+    "limit": "limit",
+    "cursor": "cursor",
+}
+
+
+def _metadata_param(name: str) -> str | None:
+    """`metadata.<key>`, or `metadata[<key>]` as the openai SDK spells a nested `extra_query`."""
+    if name.startswith("metadata."):
+        key = name[len("metadata.") :]
+    elif name.startswith("metadata[") and name.endswith("]"):
+        key = name[len("metadata[") : -1]
+    else:
+        return None
+    if not key:
+        raise InvalidRequestError(
+            f"The query parameter '{name}' names no key; write metadata.<key>=<value>.", param=name
+        )
+    return key
+
+
+def parse_list_query(items: Sequence[tuple[str, str]]) -> service.ListQuery:
+    """GET /logs's query parameters; an unknown or repeated one is a 400 rather than silently ignored."""
+    given: dict[str, str] = {}
+    metadata: dict[str, str] = {}
+    for name, value in items:
+        service.check_text([name, value], name)
+        key = _metadata_param(name)
+        canonical = _LIST_PARAMS.get(name)
+        if key is None and canonical is None:
+            raise InvalidRequestError(
+                f"Unrecognized query parameter: {name}. GET /logs takes model, status_code, from, to, "
+                "metadata.<key>, limit and cursor.",
+                param=name,
+            )
+        if (key is not None and key in metadata) or (canonical is not None and canonical in given):
+            raise InvalidRequestError(f"The query parameter '{name}' is given twice; give it once.", param=name)
+        if key is not None:
+            metadata[key] = value
+        elif canonical is not None:
+            given[canonical] = value
+    status = given.get("status_code")
+    return service.ListQuery(
+        filter=service.LogFilter(
+            model=given.get("model"),
+            status_code=None if status is None else _int_param(status, "status_code", 0, 999),
+            since=None if "from" not in given else service.parse_time(given["from"], "from"),
+            until=None if "to" not in given else service.parse_time(given["to"], "to"),
+            metadata=metadata,
+        ),
+        limit=_int_param(given["limit"], "limit", 1, service.MAX_LIMIT) if "limit" in given else service.DEFAULT_LIMIT,
+        cursor=given.get("cursor"),
+    )
+
+
+def _int_param(text: str, param: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidRequestError(
+            f"Invalid value for '{param}': expected an integer from {low} to {high}, got {text!r}.", param=param
+        )
+    return value
+
+
+@router.get("/logs")
+async def list_logs(request: Request, principal: Authenticated) -> Response:
+    query = parse_list_query(request.query_params.multi_items())
+    page = await service.list_logs(request.app.state.db, principal.project, query)
+    return _json(wire.LogList(data=page.data, has_more=page.has_more, next_cursor=page.next_cursor))
+
+
+@router.get("/logs/{log_id}")
+async def get_log(log_id: str, request: Request, principal: Authenticated) -> Response:
+    log = await service.get_log(request.app.state.db, principal.project, log_id)
+    if log is None:
+        raise NotFoundError(
+            f"No log with id '{log_id}' in this project. GET /v1/logs lists the logs this key can read.",
+            param="log_id",
+        )
+    return _json(log)

@@ -1,0 +1,423 @@
+"""The request log: reports of outside calls, filtered listing, and metadata updates.
+
+Shared by the HTTP routes and the `pipeserve logs` command. Every query filters on the project it is given,
+so a key of one project never reads or changes another project's logs.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Text, exists, func, literal, select, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.sql.elements import ColumnElement
+
+from pipeserve.errors import InvalidRequestError
+from pipeserve.protocol import logs as wire
+from pipeserve.service.recording import Call, Recorder, tag_value
+from pipeserve.store.db import Database, now_ms
+from pipeserve.store.tables import logs
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+EXPORT_PAGE = 500  # rows per query when streaming every matching log (export)
+
+# --- times ---------------------------------------------------------------------------------------------------
+
+
+def iso(ms: int | None) -> str | None:
+    """Milliseconds since the epoch as ISO 8601 in UTC: `2024-05-01T12:00:00.123Z`."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str, param: str) -> int:
+    """An ISO 8601 time (UTC unless it says otherwise) or Unix milliseconds, as milliseconds."""
+    text = text.strip()
+    try:
+        ms = int(text) if text.isdigit() else round(_aware(datetime.fromisoformat(text)).timestamp() * 1000)
+        if 0 <= ms <= wire.MAX_TIME_MS:
+            return ms
+    except (ValueError, OverflowError):
+        pass
+    raise InvalidRequestError(
+        f"Invalid value for '{param}': {text!r} is not a time. Use ISO 8601 (2024-05-01 or "
+        "2024-05-01T12:00:00Z) or Unix milliseconds.",
+        param=param,
+    )
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def check_text(value: Any, param: str) -> None:
+    """PostgreSQL can hold no NUL character in text or JSONB: refuse it here with a 400, on every store."""
+    if b"\\u0000" in orjson.dumps(value):
+        raise InvalidRequestError(
+            f"Invalid value for '{param}': it contains a NUL character (\\u0000), which the log store cannot "
+            "hold. Remove it and send again.",
+            param=param,
+        )
+
+
+# --- which logs ----------------------------------------------------------------------------------------------
+
+
+def metadata_equals(key: str, value: str, *, sqlite: bool) -> ColumnElement[bool]:
+    if sqlite and '"' in key:
+        # SQLite's JSON paths cannot spell a key holding a double quote (it would silently match nothing):
+        # look through the object's members instead.
+        each = func.json_each(logs.c.meta).table_valued("key", "value")
+        return exists(select(literal(1)).select_from(each).where(each.c.key == key, each.c.value == value))
+    clause: ColumnElement[bool] = logs.c.meta[key].as_string() == value
+    return clause
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """What a listing selects; every condition must hold. Times are milliseconds, `since` inclusive and
+    `until` exclusive. A new kind of condition (e.g. criteria scores) is a field here and a clause below."""
+
+    model: str | None = None
+    completion_id: str | None = None
+    status_code: int | None = None
+    since: int | None = None
+    until: int | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def clauses(self, *, sqlite: bool) -> list[ColumnElement[bool]]:
+        out: list[ColumnElement[bool]] = []
+        if self.model is not None:
+            out.append(logs.c.model == self.model)
+        if self.completion_id is not None:
+            out.append(logs.c.completion_id == self.completion_id)
+        if self.status_code is not None:
+            out.append(logs.c.status_code == self.status_code)
+        if self.since is not None:
+            out.append(logs.c.requested_at >= self.since)
+        if self.until is not None:
+            out.append(logs.c.requested_at < self.until)
+        out += [metadata_equals(k, v, sqlite=sqlite) for k, v in self.metadata.items()]
+        return out
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    filter: LogFilter
+    limit: int = DEFAULT_LIMIT
+    cursor: str | None = None
+
+
+_UPDATE_FIELDS = {"model": logs.c.model, "completionId": logs.c.completion_id}
+
+
+def update_clauses(filters: Sequence[wire.LogFilterItem], *, sqlite: bool) -> list[ColumnElement[bool]]:
+    """OpenPipe's update filters, all of which must hold. `metadata.<key>` and the older `tags.<key>` both
+    name a metadata key (tags are metadata now). No filter at all selects every log of the project, as on
+    OpenPipe."""
+    out: list[ColumnElement[bool]] = []
+    for index, item in enumerate(filters):
+        check_text([item.field, item.equals], f"filters[{index}]")
+        value = str(tag_value(item.equals))
+        column = _UPDATE_FIELDS.get(item.field)
+        if column is not None:
+            out.append(column == value)
+            continue
+        prefix, dot, key = item.field.partition(".")
+        if prefix not in ("metadata", "tags") or not dot or not key:
+            raise InvalidRequestError(
+                f"Invalid value for 'filters[{index}].field': {item.field!r} is not a field we can filter on. "
+                "Use 'model', 'completionId' or 'metadata.<key>'.",
+                param=f"filters[{index}].field",
+            )
+        out.append(metadata_equals(key, value, sqlite=sqlite))
+    return out
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Page:
+    data: list[wire.Log]
+    next_cursor: str | None
+
+    @property
+    def has_more(self) -> bool:
+        return self.next_cursor is not None
+
+
+def encode_cursor(requested_at: int, log_id: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([requested_at, log_id])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        requested_at, log_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(requested_at, int) and 0 <= requested_at <= wire.MAX_TIME_MS and isinstance(log_id, str):
+            return requested_at, log_id
+    except (ValueError, TypeError):
+        pass
+    raise InvalidRequestError(
+        "Invalid value for 'cursor': pass the next_cursor of a previous page unchanged.", param="cursor"
+    )
+
+
+async def list_logs(db: Database, project: str, query: ListQuery) -> Page:
+    """One page, newest first. Keyset pagination on (requested_at, id): a log written while a client pages
+    neither shifts nor repeats the pages after it."""
+    stmt = select(logs).where(logs.c.project == project, *query.filter.clauses(sqlite=db.is_sqlite))
+    if query.cursor is not None:
+        after = decode_cursor(query.cursor)
+        stmt = stmt.where(tuple_(logs.c.requested_at, logs.c.id) < tuple_(literal(after[0]), literal(after[1])))
+    stmt = stmt.order_by(logs.c.requested_at.desc(), logs.c.id.desc()).limit(query.limit + 1)
+    async with db.connect() as conn:
+        rows = (await conn.execute(stmt)).mappings().all()
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    cursor = encode_cursor(rows[-1]["requested_at"], rows[-1]["id"]) if more else None
+    return Page(data=[to_log(row) for row in rows], next_cursor=cursor)
+
+
+async def iter_logs(db: Database, project: str, flt: LogFilter, *, limit: int | None = None) -> AsyncIterator[wire.Log]:
+    """Every matching log (up to `limit`), newest first, fetched a page at a time so memory stays flat."""
+    cursor: str | None = None
+    left = limit
+    while left is None or left > 0:
+        size = EXPORT_PAGE if left is None else min(EXPORT_PAGE, left)
+        page = await list_logs(db, project, ListQuery(filter=flt, limit=size, cursor=cursor))
+        for log in page.data:
+            yield log
+        if left is not None:
+            left -= len(page.data)
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+async def get_log(db: Database, project: str, log_id: str) -> wire.Log | None:
+    check_text(log_id, "log_id")
+    async with db.connect() as conn:
+        row = (
+            (await conn.execute(select(logs).where(logs.c.project == project, logs.c.id == log_id))).mappings().first()
+        )
+    return None if row is None else to_log(row)
+
+
+async def latest_logged_call(db: Database, project: str) -> wire.LatestLoggedCall | None:
+    stmt = select(logs).where(logs.c.project == project).order_by(logs.c.requested_at.desc(), logs.c.id.desc()).limit(1)
+    async with db.connect() as conn:
+        row = (await conn.execute(stmt)).mappings().first()
+    if row is None:
+        return None
+    return wire.LatestLoggedCall(
+        created_at=datetime.fromtimestamp(row["requested_at"] / 1000, UTC),
+        cache_hit=row["cache_hit"],
+        status_code=row["status_code"],
+        error_message=row["error_message"],
+        req_payload=row["req_payload"],
+        resp_payload=row["resp_payload"],
+        tags=dict(row["tags"] or {}),
+        metadata=dict(row["meta"] or {}),
+    )
+
+
+def to_log(row: Mapping[str, Any]) -> wire.Log:
+    prompt, completion = row["prompt_tokens"], row["completion_tokens"]
+    usage = None
+    if prompt is not None or completion is not None:
+        total = None if prompt is None or completion is None else prompt + completion
+        usage = wire.LogUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
+    return wire.Log(
+        id=row["id"],
+        source=row["source"],
+        completion_id=row["completion_id"],
+        model=row["model"],
+        requested_at=iso(row["requested_at"]) or "",
+        received_at=iso(row["received_at"]),
+        time_to_first_token_ms=row["ttft_ms"],
+        duration_ms=row["duration_ms"],
+        status_code=row["status_code"],
+        error_message=row["error_message"],
+        request=row["req_payload"],
+        response=row["resp_payload"],
+        usage=usage,
+        cost=row["cost"],
+        cache_hit=row["cache_hit"],
+        metadata=dict(row["meta"] or {}),
+        tags=dict(row["tags"] or {}),
+    )
+
+
+# --- changing metadata ---------------------------------------------------------------------------------------
+
+
+async def update_metadata(
+    db: Database,
+    project: str,
+    where: Sequence[ColumnElement[bool]],
+    changes: Mapping[str, str | None],
+    *,
+    tags_too: bool = False,
+) -> int:
+    """Set (or, for None, delete) metadata keys on every matching log; the number of logs matched.
+
+    One UPDATE merges the change into each row inside the database, so concurrent updates of different keys
+    on the same log both survive (no read-modify-write from Python)."""
+    check_text(changes, "metadata")
+    selected = [logs.c.project == project, *where]
+    async with db.begin() as conn:
+        if not changes:
+            return int((await conn.execute(select(func.count()).select_from(logs).where(*selected))).scalar_one())
+        values = {"meta": _merged(db, logs.c.meta, changes)}
+        if tags_too:
+            values["tags"] = _merged(db, logs.c.tags, changes)
+        result = await conn.execute(update(logs).where(*selected).values(values))
+    return int(result.rowcount)
+
+
+def _merged(db: Database, column: Any, changes: Mapping[str, str | None]) -> Any:
+    if db.is_sqlite:
+        # JSON merge patch (RFC 7396): a null member deletes the key, any other value sets it
+        return func.json_patch(column, literal(orjson.dumps(dict(changes)).decode(), Text))
+    merged = column.op("||", return_type=JSONB)(literal({k: v for k, v in changes.items() if v is not None}, JSONB))
+    deleted = [k for k, v in changes.items() if v is None]
+    return merged.op("-", return_type=JSONB)(literal(deleted, ARRAY(Text))) if deleted else merged
+
+
+# --- reports of calls made elsewhere -------------------------------------------------------------------------
+
+
+def _stringified(tags: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in tags.items():
+        text = tag_value(value)
+        if text is not None:
+            out[key] = text
+    return out
+
+
+def _request_metadata(payload: Any) -> dict[str, str]:
+    """An OpenAI request's own `metadata` (string pairs), which OpenPipe merges over the report's tags."""
+    raw = payload.get("metadata") if isinstance(payload, dict) else None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise InvalidRequestError(
+            "Invalid value for 'reqPayload.metadata': it must be an object of string values, as OpenAI's "
+            '`metadata` is (e.g. {"prompt_id": "greeting"}).',
+            param="reqPayload.metadata",
+        )
+    return {str(k): v for k, v in raw.items()}
+
+
+def _times(requested: float | None, received: float | None) -> tuple[int, int | None]:
+    received_at = None if received is None else round(received)
+    requested_at = round(requested) if requested is not None else received_at if received_at is not None else now_ms()
+    if received_at is not None and received_at < requested_at:
+        raise InvalidRequestError(
+            "Invalid value for 'receivedAt': it is before 'requestedAt'. Both are Unix times in milliseconds.",
+            param="receivedAt",
+        )
+    return requested_at, received_at
+
+
+def _field(payload: Any, *path: str) -> Any:
+    for name in path:
+        if not isinstance(payload, dict):
+            return None
+        payload = payload.get(name)
+    return payload
+
+
+def _short(value: Any, limit: int, param: str) -> str | None:
+    """A string that fits its VARCHAR column (PostgreSQL refuses a longer one), else a 400; None if not text."""
+    if not isinstance(value, str):
+        return None
+    if len(value) > limit:
+        raise InvalidRequestError(f"Invalid value for '{param}': longer than {limit} characters.", param=param)
+    return value
+
+
+def _usage(resp: Any, prompt_key: str, completion_key: str) -> tuple[int, int] | None:
+    prompt, completion = _field(resp, "usage", prompt_key), _field(resp, "usage", completion_key)
+    counts = (prompt, completion)
+    if all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**31 for n in counts):
+        return prompt, completion
+    return None
+
+
+async def _record(
+    recorder: Recorder,
+    body: wire.ReportRequest | wire.ReportAnthropicRequest,
+    call: Call,
+    received_at: int | None,
+    usage: tuple[int, int] | None,
+) -> None:
+    for param, value in [
+        ("reqPayload", body.req_payload),
+        ("respPayload", body.resp_payload),
+        ("errorMessage", body.error_message),
+        ("tags", body.tags),
+        ("metadata", call.metadata),
+    ]:
+        check_text(value, param)
+    model = _short(_field(body.req_payload, "model"), 200, "reqPayload.model")
+    if model is None:
+        model = _short(_field(body.resp_payload, "model"), 200, "respPayload.model")
+    completion_id = _short(_field(body.resp_payload, "id"), 100, "respPayload.id")
+    await recorder.record(
+        call,
+        status_code=body.status_code,  # reports may leave it out: the log keeps null
+        resp_payload=body.resp_payload,
+        error_message=body.error_message,
+        model=model,
+        usage=usage,
+        received_at=received_at,
+        completion_id=completion_id,
+    )
+
+
+async def report(recorder: Recorder, project: str, key_id: str | None, body: wire.ReportRequest) -> None:
+    """Log a call made to an OpenAI-compatible API: metadata is the tags overlaid by reqPayload.metadata."""
+    tags = _stringified(body.tags)
+    metadata = {**tags, **_request_metadata(body.req_payload)}
+    requested_at, received_at = _times(body.requested_at, body.received_at)
+    call = Call(
+        project=project,
+        key_id=key_id,
+        source="report",
+        req_payload=body.req_payload,
+        metadata=metadata,
+        tags=tags,
+        requested_at=requested_at,
+    )
+    usage = _usage(body.resp_payload, "prompt_tokens", "completion_tokens")
+    await _record(recorder, body, call, received_at, usage)
+
+
+async def report_anthropic(
+    recorder: Recorder, project: str, key_id: str | None, body: wire.ReportAnthropicRequest
+) -> None:
+    """Log a call made to Anthropic: metadata is the tags overlaid by the report's `metadata` (Anthropic's
+    own request `metadata` is its `user_id`, not ours)."""
+    tags = _stringified(body.tags)
+    requested_at, received_at = _times(body.requested_at, body.received_at)
+    call = Call(
+        project=project,
+        key_id=key_id,
+        source="report-anthropic",
+        req_payload=body.req_payload,
+        metadata={**tags, **body.metadata},
+        tags=tags,
+        requested_at=requested_at,
+    )
+    usage = _usage(body.resp_payload, "input_tokens", "output_tokens")
+    await _record(recorder, body, call, received_at, usage)
