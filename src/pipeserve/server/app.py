@@ -61,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.keys = keys
             app.state.models = registry
             app.state.metrics = Metrics(registry)
+            app.state.metrics.watch_log_writer(writer)
             app.state.chat = ChatService(registry, app.state.metrics)
             app.state.db = db
             app.state.log_writer = writer

@@ -32,9 +32,10 @@ class ChatCompletions:
         call = Call(project=project, key_id=key_id, source="chat", req_payload=body)
         try:
             call.log = should_log(headers, store if isinstance(store, bool) else None, self.log_by_default)
-            params = to_params(validate(wire.ChatCompletionRequest, body))
             call.tags = parse_tags(headers)
-            call.metadata = {**call.tags, **params.metadata}
+            # Before validation, so that a rejected request is still found by its metadata.
+            call.metadata = {**call.tags, **_string_pairs(body.get("metadata"))}
+            params = to_params(validate(wire.ChatCompletionRequest, body))
             mode = cache_mode(headers)
             model_id = self.chat.models.resolve(params.model).config.id
             key = cache_key(body, model_id) if mode.active else ""
@@ -125,3 +126,9 @@ class ChatCompletions:
             await self.recorder.record(call, status_code=error.status_code, error_message=error.message)
         except Exception:
             log.exception("could not log a failed chat completion")
+
+
+def _string_pairs(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}

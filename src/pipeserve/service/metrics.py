@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from pipeserve.service.models import ModelRegistry
+from pipeserve.store.logwriter import LogWriter
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60)
 
@@ -51,6 +52,9 @@ class Metrics:
         self.prompt_totals: dict[str, list[int]] = {}  # model -> [prompt tokens, cached tokens]
         self.registry.register(_EngineCollector(models, self.prompt_totals))
 
+    def watch_log_writer(self, writer: LogWriter) -> None:
+        self.registry.register(_LogWriterCollector(writer))
+
     def record_usage(self, model: str, prompt: int, cached: int, completion: int) -> None:
         self.prompt_tokens.labels(model).inc(prompt)
         self.cached_tokens.labels(model).inc(cached)
@@ -89,3 +93,17 @@ class _EngineCollector(Collector):
             prompt, cached = self.prompt_totals.get(model, [0, 0])
             hits.add_metric([model], cached / prompt if prompt else 0)
         yield from (running, queued, kv, hits)
+
+
+class _LogWriterCollector(Collector):
+    """Group commit at work: rows per commit is how many requests share one transaction."""
+
+    def __init__(self, writer: LogWriter) -> None:
+        self.writer = writer
+
+    def collect(self) -> Iterator[Metric]:
+        commits = CounterMetricFamily("pipeserve_log_commits", "Transactions that stored request logs.")
+        commits.add_metric([], self.writer.commits)
+        rows = CounterMetricFamily("pipeserve_log_rows", "Request logs stored.")
+        rows.add_metric([], self.writer.rows)
+        yield from (commits, rows)
