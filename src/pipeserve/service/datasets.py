@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
-from pydantic import BaseModel
 from sqlalchemy import BigInteger, and_, case, delete, func, insert, literal, null, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -28,7 +24,6 @@ from pipeserve.protocol.datasets import (
     DatasetEntriesCreated,
     DatasetEntriesFromLogs,
     DatasetEntry,
-    DatasetEntryInput,
     DatasetEntryList,
     DatasetList,
     DeletedDataset,
@@ -38,10 +33,19 @@ from pipeserve.protocol.datasets import (
     LogFilter,
     Split,
 )
+from pipeserve.service.dataset_entries import (
+    MAX_MS,
+    check_text,
+    entry_from_log,
+    entry_values,
+    export_line,
+    has_nul,
+    iso,
+    parse_time,
+)
 from pipeserve.service.recording import tag_value
 from pipeserve.store.db import Database, new_id, now_ms
 from pipeserve.store.tables import dataset_entries, datasets, logs
-from pipeserve.validation import validate
 
 # Logs are read, and entries exported, this many rows at a time: memory stays flat on any dataset size,
 # and no transaction is held long enough to stall the log writer on SQLite.
@@ -55,108 +59,6 @@ _ENTRY_COUNT = (
     .scalar_subquery()
     .label("entry_count")
 )
-
-
-_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
-
-
-def iso(ms: int) -> str:
-    """Milliseconds as OpenPipe writes times: JavaScript's `toISOString()`."""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_time(value: int | str, param: str) -> int:
-    """An ISO 8601 time (UTC unless it says otherwise) or milliseconds since the epoch, as milliseconds."""
-    problem = (
-        f"'{param}' must be an ISO 8601 time such as 2025-01-31T12:00:00Z, or milliseconds since the epoch; "
-        f"got {value!r}."
-    )
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, int):
-        # Beyond the year 9999 a number is a mistake, and it would overflow the database's integers.
-        if not 0 <= value <= _MAX_MS:
-            raise InvalidRequestError(problem, param=param)
-        return value
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise InvalidRequestError(problem, param=param) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
-def auto_split(messages: Sequence[Any]) -> Split:
-    """TEST for about one entry in ten, TRAIN for the rest, as OpenPipe splits entries sent without one.
-
-    The hash is of the conversation rather than of the random entry id, so the rule is stable and an
-    example added twice lands on the same side: a duplicate can never leak a test example into training.
-    """
-    digest = hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).digest()
-    return "TEST" if int.from_bytes(digest[:8], "big") % 10 == 0 else "TRAIN"
-
-
-def _dump(value: Any) -> Any:
-    """A validated value as JSON data; unset and null fields are dropped, as fine-tuning files expect."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if isinstance(value, list):
-        return [_dump(item) for item in value]
-    return value
-
-
-def entry_values(raw: Any, default_split: Split | None = None) -> dict[str, Any]:
-    """One entry of a request as the columns of its row, or an `InvalidRequestError` saying what to fix."""
-    if not isinstance(raw, dict):
-        raise InvalidRequestError(
-            f'Each entry must be a JSON object such as {{"messages": [...]}}, not {type(raw).__name__}.'
-        )
-    entry = validate(DatasetEntryInput, raw)
-    last = entry.messages[-1]
-    if last.role != "assistant":
-        raise InvalidRequestError(
-            f"The last message is a '{last.role}' message, but a training entry ends with the assistant "
-            "message the model should learn to give. Append it to 'messages' as "
-            '{"role": "assistant", "content": "..."}.',
-            param=f"messages[{len(entry.messages) - 1}]",
-        )
-    if last.content is None and last.tool_calls is None and last.function_call is None and last.refusal is None:
-        raise InvalidRequestError(
-            "The last message, the assistant's answer, has no content, tool_calls or function_call. "
-            "Give the answer the model should learn to give.",
-            param=f"messages[{len(entry.messages) - 1}]",
-        )
-    messages = _dump(entry.messages)
-    if _has_nul(raw):
-        raise InvalidRequestError(
-            "The entry contains a NUL character (\\u0000), which the store cannot keep in JSON. Remove it."
-        )
-    return {
-        "split": entry.split or default_split or auto_split(messages),
-        "messages": messages,
-        "rejected_message": _dump(entry.rejected_message),
-        "tools": _dump(entry.tools),
-        "tool_choice": _dump(entry.tool_choice),
-        "response_format": _dump(entry.response_format),
-        "meta": entry.metadata,
-    }
-
-
-def _has_nul(value: Any) -> bool:
-    # PostgreSQL can keep no NUL in text or JSONB; refusing it on SQLite too keeps the two stores alike.
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
-
-
-def _check_text(value: Any, param: str) -> None:
-    if _has_nul(value):
-        raise InvalidRequestError(f"'{param}' contains a NUL character (\\u0000); remove it.", param=param)
 
 
 def _not_found(dataset_id: str) -> NotFoundError:
@@ -202,7 +104,7 @@ def _decode_cursor(cursor: str) -> tuple[int, str]:
         position = int(created), entry_id
     except (binascii.Error, UnicodeError, ValueError):
         position = None
-    if position is None or not 0 <= position[0] <= _MAX_MS or _has_nul(entry_id):
+    if position is None or not 0 <= position[0] <= MAX_MS or has_nul(entry_id):
         raise InvalidRequestError(
             "Invalid 'cursor': pass the 'next_cursor' of the previous page unchanged.", param="cursor"
         )
@@ -212,25 +114,6 @@ def _decode_cursor(cursor: str) -> tuple[int, str]:
 def _after(created_col: Any, id_col: Any, created: int, row_id: str) -> ColumnElement[bool]:
     """Keyset pagination: the rows strictly after (created, id) in (created, id) order."""
     return or_(created_col > created, and_(created_col == created, id_col > row_id))
-
-
-def export_line(row: Row[Any], fmt: ExportFormat) -> bytes | None:
-    """One entry in OpenAI's fine-tuning format (SFT or DPO), or None where the format has no use for it."""
-    tools = {"tools": row.tools} if row.tools else {}
-    if fmt == "sft":
-        return orjson.dumps({"messages": row.messages, **tools}) + b"\n"
-    if row.rejected_message is None:
-        return None
-    return (
-        orjson.dumps(
-            {
-                "input": {"messages": row.messages[:-1], **tools},
-                "preferred_output": [row.messages[-1]],
-                "non_preferred_output": [row.rejected_message],
-            }
-        )
-        + b"\n"
-    )
 
 
 class DatasetService:
@@ -250,7 +133,7 @@ class DatasetService:
         return DatasetList(data=[_dataset(row) for row in rows])
 
     async def create_dataset(self, project: str, request: CreateDatasetRequest) -> Dataset:
-        _check_text(request.name, "name")
+        check_text(request.name, "name")
         now = now_ms()
         dataset_id = new_id("ds")
         values = {"id": dataset_id, "project": project, "name": request.name, "created_at": now, "updated_at": now}
@@ -263,7 +146,7 @@ class DatasetService:
             return _dataset(await self._require(conn, project, dataset_id))
 
     async def delete_dataset(self, project: str, dataset_id: str) -> DeletedDataset:
-        if _has_nul(dataset_id):
+        if has_nul(dataset_id):
             raise _not_found(dataset_id)
         async with self.db.begin() as conn:
             # The entries go with it: the foreign key cascades.
@@ -333,7 +216,7 @@ class DatasetService:
             rows: list[dict[str, Any]] = []
             for log in page:
                 try:
-                    values = _entry_from_log(log, log_filter.split)
+                    values = entry_from_log(log, log_filter.split)
                 except InvalidRequestError as exc:
                     errors.append(EntryCreationError(entry_index=read, message=f"Log {log.id}: {exc.message}"))
                 else:
@@ -404,7 +287,7 @@ class DatasetService:
     # --- helpers ------------------------------------------------------------------------------------------
 
     async def _require(self, conn: AsyncConnection, project: str, dataset_id: str) -> Row[Any]:
-        if _has_nul(dataset_id):  # no id has one, and PostgreSQL would refuse to compare it
+        if has_nul(dataset_id):  # no id has one, and PostgreSQL would refuse to compare it
             raise _not_found(dataset_id)
         query = select(datasets, _ENTRY_COUNT).where(datasets.c.id == dataset_id, datasets.c.project == project)
         row = (await conn.execute(query)).first()
@@ -418,7 +301,7 @@ class DatasetService:
         The time is kept strictly increasing per dataset, so that (created_at, id) lists entries in the
         order they were added even when two batches arrive within the same millisecond.
         """
-        if _has_nul(dataset_id):
+        if has_nul(dataset_id):
             raise _not_found(dataset_id)
         now = literal(now_ms(), BigInteger)
         stamp = case((datasets.c.updated_at >= now, datasets.c.updated_at + 1), else_=now)
@@ -470,8 +353,8 @@ class DatasetService:
 
 
 def _log_conditions(project: str, log_filter: LogFilter) -> list[ColumnElement[bool]]:
-    _check_text(log_filter.model, "model")
-    _check_text(log_filter.metadata, "metadata")
+    check_text(log_filter.model, "model")
+    check_text(log_filter.metadata, "metadata")
     conditions = [logs.c.project == project]
     if log_filter.status_code is not None:
         conditions.append(logs.c.status_code == log_filter.status_code)
@@ -491,57 +374,3 @@ def _log_conditions(project: str, log_filter: LogFilter) -> list[ColumnElement[b
         stored = logs.c.meta[key].as_string()
         conditions.append(stored.is_(None) if text is None else stored == text)
     return conditions
-
-
-def _entry_from_log(log: Row[Any], split: Split | None) -> dict[str, Any] | None:
-    """A log as entry columns: its request's conversation plus the first choice's answer.
-
-    None for a log that has no answer to learn from; an `InvalidRequestError` for one whose request
-    cannot be an entry.
-    """
-    if log.source == "report-anthropic":  # Anthropic's message format, not a chat completion
-        return None
-    if log.cache_hit:  # a replay of an earlier completion: a duplicate example, not a new one
-        return None
-    response = log.resp_payload
-    choices = response.get("choices") if isinstance(response, dict) else None
-    message = choices[0].get("message") if isinstance(choices, list) and choices else None
-    if not isinstance(message, dict):
-        return None
-    request = log.req_payload if isinstance(log.req_payload, dict) else {}
-    messages = request.get("messages")
-    if not isinstance(messages, list):
-        raise InvalidRequestError("its request has no 'messages' array, so there is no conversation to learn.")
-    answer: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
-    if message.get("tool_calls"):
-        answer["tool_calls"] = [_tool_call(call) for call in message["tool_calls"]]
-    if isinstance(message.get("function_call"), dict):
-        answer["function_call"] = _function(message["function_call"])
-    entry: dict[str, Any] = {"messages": [*messages, answer]}
-    for key in ("tools", "tool_choice", "response_format"):
-        if request.get(key) is not None:
-            entry[key] = request[key]
-    # Requests that use the deprecated `functions` become their `tools` equivalent; entries have only tools.
-    if "tools" not in entry and isinstance(request.get("functions"), list):
-        entry["tools"] = [{"type": "function", "function": f} for f in request["functions"]]
-        choice = request.get("function_call")
-        if isinstance(choice, dict):
-            entry["tool_choice"] = {"type": "function", "function": choice}
-        elif choice is not None:
-            entry["tool_choice"] = choice
-    if isinstance(log.meta, dict) and log.meta:
-        entry["metadata"] = log.meta
-    return entry_values(entry, split) | {"log_id": log.id}
-
-
-def _function(function: Any) -> Any:
-    if not isinstance(function, dict):
-        return function
-    return {"name": function.get("name"), "arguments": function.get("arguments")}
-
-
-def _tool_call(call: Any) -> Any:
-    # Keep only the fields of a request's tool call: assembled stream chunks also carry an `index`.
-    if not isinstance(call, dict):
-        return call
-    return {"id": call.get("id"), "type": call.get("type", "function"), "function": _function(call.get("function"))}
