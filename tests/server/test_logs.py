@@ -304,3 +304,13 @@ def test_projects_cannot_see_or_change_each_others_logs(two_projects: tuple[Serv
         "matchedLogs": 1
     }
     assert httpx.get(f"{server.v1}/logs", timeout=30).status_code == 401
+
+
+def test_report_takes_the_status_code_as_the_sdk_types_it(server: Server) -> None:
+    run = uuid.uuid4().hex
+    body = {"reqPayload": {"model": "gpt-4o", "metadata": {"run": run}}, "statusCode": 200.0}
+    assert httpx.post(f"{server.v1}/report", json=body, timeout=30).json() == {"status": "ok"}
+    [log] = httpx.get(f"{server.v1}/logs", params={"metadata.run": run}, timeout=30).json()["data"]
+    assert log["status_code"] == 200
+    half = httpx.post(f"{server.v1}/report", json=body | {"statusCode": 200.5}, timeout=30)
+    assert half.status_code == 400 and half.json()["error"]["param"] == "statusCode"

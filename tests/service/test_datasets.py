@@ -11,8 +11,9 @@ from sqlalchemy import insert
 from pipeserve.errors import InvalidRequestError, NotFoundError
 from pipeserve.protocol.chat_completions import ChatCompletion
 from pipeserve.protocol.datasets import CreateDatasetEntriesRequest, CreateDatasetRequest, LogFilter
-from pipeserve.service.dataset_entries import auto_split, parse_time
+from pipeserve.service.dataset_entries import auto_split
 from pipeserve.service.datasets import DatasetService
+from pipeserve.service.values import parse_time
 from pipeserve.store.db import Database, new_id, now_ms
 from pipeserve.store.tables import logs
 from pipeserve.validation import validate

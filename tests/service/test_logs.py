@@ -11,6 +11,7 @@ from pipeserve.errors import InvalidRequestError
 from pipeserve.protocol import logs as wire
 from pipeserve.service import logs as service
 from pipeserve.service.recording import Recorder
+from pipeserve.service.values import parse_time
 from pipeserve.settings import Price
 from pipeserve.store.db import Database, new_id
 from pipeserve.store.logwriter import LogWriter
@@ -221,10 +222,10 @@ async def test_latest_logged_call(database: Database, project: str) -> None:
     ],
 )
 def test_parse_time(text: str, ms: int) -> None:
-    assert service.parse_time(text, "from") == ms
+    assert parse_time(text, "from") == ms
 
 
 def test_parse_time_names_the_parameter() -> None:
     with pytest.raises(InvalidRequestError) as caught:
-        service.parse_time("yesterday", "from")
+        parse_time("yesterday", "from")
     assert caught.value.param == "from"

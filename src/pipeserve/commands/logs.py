@@ -13,6 +13,7 @@ from pipeserve.commands.common import add_store_flags, with_database
 from pipeserve.errors import InvalidRequestError
 from pipeserve.protocol import logs as wire
 from pipeserve.service import logs as service
+from pipeserve.service.values import parse_time
 from pipeserve.store.db import Database
 
 PREVIEW_CHARS = 60
@@ -94,8 +95,8 @@ def _filter(args: argparse.Namespace) -> service.LogFilter:
     return service.LogFilter(
         model=args.model,
         status_code=args.status,
-        since=None if args.since is None else service.parse_time(args.since, "--since"),
-        until=None if args.until is None else service.parse_time(args.until, "--until"),
+        since=None if args.since is None else parse_time(args.since, "--since"),
+        until=None if args.until is None else parse_time(args.until, "--until"),
         metadata=metadata,
     )
 

@@ -8,12 +8,20 @@ Request bodies are strict: a wrong type is a 400 naming the field, never a silen
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 # A tag as the SDK sends it; it is stored as the string `recording.tag_value` spells.
 TagValue = str | int | float | bool | None
+
+
+def _integral(value: Any) -> Any:
+    # The SDK types statusCode as a float: 200.0 is the status 200, 200.5 is still an error.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+StatusCode = Annotated[int, BeforeValidator(_integral), Field(ge=0, le=999)]
 # Bounds that keep a value inside its database column (BIGINT ms up to the year 9999, INTEGER status)
 MAX_TIME_MS = 253_402_300_799_999
 FilterValue = str | int | float | bool
@@ -35,7 +43,7 @@ class ReportRequest(_Body):
     )
     req_payload: Any = Field(None, alias="reqPayload")
     resp_payload: Any = Field(None, alias="respPayload")
-    status_code: int | None = Field(None, alias="statusCode", ge=0, le=999)
+    status_code: StatusCode | None = Field(None, alias="statusCode")
     error_message: str | None = Field(None, alias="errorMessage")
     tags: dict[str, TagValue] = Field(default_factory=dict)
 
@@ -47,7 +55,7 @@ class ReportAnthropicRequest(_Body):
     received_at: float | None = Field(None, alias="receivedAt", ge=0, le=MAX_TIME_MS)
     req_payload: Any = Field(None, alias="reqPayload")
     resp_payload: Any = Field(None, alias="respPayload")
-    status_code: int | None = Field(None, alias="statusCode", ge=0, le=999)
+    status_code: StatusCode | None = Field(None, alias="statusCode")
     error_message: str | None = Field(None, alias="errorMessage")
     metadata: dict[str, str] = Field(default_factory=dict)
     tags: dict[str, TagValue] = Field(default_factory=dict)

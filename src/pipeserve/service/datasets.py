@@ -33,17 +33,10 @@ from pipeserve.protocol.datasets import (
     LogFilter,
     Split,
 )
-from pipeserve.service.dataset_entries import (
-    MAX_MS,
-    check_text,
-    entry_from_log,
-    entry_values,
-    export_line,
-    has_nul,
-    iso,
-    parse_time,
-)
+from pipeserve.protocol.logs import MAX_TIME_MS
+from pipeserve.service.dataset_entries import entry_from_log, entry_values, export_line
 from pipeserve.service.recording import tag_value
+from pipeserve.service.values import check_text, has_nul, iso, parse_time
 from pipeserve.store.db import Database, new_id, now_ms
 from pipeserve.store.tables import dataset_entries, datasets, logs
 
@@ -104,7 +97,7 @@ def _decode_cursor(cursor: str) -> tuple[int, str]:
         position = int(created), entry_id
     except (binascii.Error, UnicodeError, ValueError):
         position = None
-    if position is None or not 0 <= position[0] <= MAX_MS or has_nul(entry_id):
+    if position is None or not 0 <= position[0] <= MAX_TIME_MS or has_nul(entry_id):
         raise InvalidRequestError(
             "Invalid 'cursor': pass the 'next_cursor' of the previous page unchanged.", param="cursor"
         )

@@ -20,6 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from pipeserve.errors import InvalidRequestError
 from pipeserve.protocol import logs as wire
 from pipeserve.service.recording import Call, Recorder, tag_value
+from pipeserve.service.values import check_text, iso
 from pipeserve.store.db import Database, now_ms
 from pipeserve.store.tables import logs
 
@@ -28,43 +29,6 @@ MAX_LIMIT = 1000
 EXPORT_PAGE = 500  # rows per query when streaming every matching log (export)
 
 # --- times ---------------------------------------------------------------------------------------------------
-
-
-def iso(ms: int | None) -> str | None:
-    """Milliseconds since the epoch as ISO 8601 in UTC: `2024-05-01T12:00:00.123Z`."""
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_time(text: str, param: str) -> int:
-    """An ISO 8601 time (UTC unless it says otherwise) or Unix milliseconds, as milliseconds."""
-    text = text.strip()
-    try:
-        ms = int(text) if text.isdigit() else round(_aware(datetime.fromisoformat(text)).timestamp() * 1000)
-        if 0 <= ms <= wire.MAX_TIME_MS:
-            return ms
-    except (ValueError, OverflowError):
-        pass
-    raise InvalidRequestError(
-        f"Invalid value for '{param}': {text!r} is not a time. Use ISO 8601 (2024-05-01 or "
-        "2024-05-01T12:00:00Z) or Unix milliseconds.",
-        param=param,
-    )
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def check_text(value: Any, param: str) -> None:
-    """PostgreSQL can hold no NUL character in text or JSONB: refuse it here with a 400, on every store."""
-    if b"\\u0000" in orjson.dumps(value):
-        raise InvalidRequestError(
-            f"Invalid value for '{param}': it contains a NUL character (\\u0000), which the log store cannot "
-            "hold. Remove it and send again.",
-            param=param,
-        )
 
 
 # --- which logs ----------------------------------------------------------------------------------------------
@@ -240,8 +204,8 @@ def to_log(row: Mapping[str, Any]) -> wire.Log:
         source=row["source"],
         completion_id=row["completion_id"],
         model=row["model"],
-        requested_at=iso(row["requested_at"]) or "",
-        received_at=iso(row["received_at"]),
+        requested_at=iso(row["requested_at"]),
+        received_at=None if row["received_at"] is None else iso(row["received_at"]),
         time_to_first_token_ms=row["ttft_ms"],
         duration_ms=row["duration_ms"],
         status_code=row["status_code"],

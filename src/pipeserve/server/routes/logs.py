@@ -15,6 +15,7 @@ from pipeserve.server.auth import Authenticated, require_key
 from pipeserve.server.body import parse_body
 from pipeserve.service import logs as service
 from pipeserve.service.recording import tag_value
+from pipeserve.service.values import check_text, parse_time
 from pipeserve.store.db import Database
 
 router = APIRouter(dependencies=[Depends(require_key)])
@@ -100,7 +101,7 @@ def parse_list_query(items: Sequence[tuple[str, str]]) -> service.ListQuery:
     given: dict[str, str] = {}
     metadata: dict[str, str] = {}
     for name, value in items:
-        service.check_text([name, value], name)
+        check_text([name, value], name)
         key = _metadata_param(name)
         canonical = _LIST_PARAMS.get(name)
         if key is None and canonical is None:
@@ -120,8 +121,8 @@ def parse_list_query(items: Sequence[tuple[str, str]]) -> service.ListQuery:
         filter=service.LogFilter(
             model=given.get("model"),
             status_code=None if status is None else _int_param(status, "status_code", 0, 999),
-            since=None if "from" not in given else service.parse_time(given["from"], "from"),
-            until=None if "to" not in given else service.parse_time(given["to"], "to"),
+            since=None if "from" not in given else parse_time(given["from"], "from"),
+            until=None if "to" not in given else parse_time(given["to"], "to"),
             metadata=metadata,
         ),
         limit=_int_param(given["limit"], "limit", 1, service.MAX_LIMIT) if "limit" in given else service.DEFAULT_LIMIT,
