@@ -99,7 +99,7 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Token prices per model name (served or reported), as a TOML table "
         '`[prices."gpt-4o"] prompt = 2.5, completion = 10` in dollars per million tokens; logs record the '
-        "cost. A model without a price costs 0.",
+        "cost. A served model's price covers its aliases; a model without a price has an unknown (null) cost.",
     )
     models: list[ModelConfig] = Field(
         default_factory=_embedded_models,

@@ -188,3 +188,20 @@ def test_bad_op_headers_are_400s(priced: Server, header: str, value: str) -> Non
     response = httpx.post(f"{priced.v1}/chat/completions", json=body, headers={header: value}, timeout=60)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == header
+
+
+def test_a_price_covers_the_models_aliases(priced: Server) -> None:
+    run = marker()
+    body = {"model": "openpipe:smollm2-135m-instruct", "messages": HELLO, "max_tokens": 2, "metadata": {"run": run}}
+    assert httpx.post(f"{priced.v1}/chat/completions", json=body, timeout=60).status_code == 200
+    [row] = logged_with(priced, "run", run)
+    assert row["model"] == "openpipe:smollm2-135m-instruct"
+    assert row["cost"] == pytest.approx((row["prompt_tokens"] * 1.5 + row["completion_tokens"] * 4.0) / 1e6)
+
+
+def test_a_bad_log_header_on_a_quiet_server_is_refused_and_not_logged(quiet: Server) -> None:
+    run = marker()
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 1, "metadata": {"run": run}}
+    response = httpx.post(f"{quiet.v1}/chat/completions", json=body, headers={"op-log-request": "maybe"}, timeout=60)
+    assert response.status_code == 400
+    assert logged_with(quiet, "run", run) == []

@@ -65,7 +65,8 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.chat = ChatService(registry, app.state.metrics)
             app.state.db = db
             app.state.log_writer = writer
-            app.state.recorder = Recorder(writer, settings.prices)
+            aliases = {alias: m.config.id for m in served for alias in m.config.aliases}
+            app.state.recorder = Recorder(writer, settings.prices, aliases)
             app.state.cache = ResponseCache(db, settings.cache_ttl_seconds)
             app.state.completions = ChatCompletions(
                 app.state.chat, app.state.recorder, app.state.cache, settings.log_requests

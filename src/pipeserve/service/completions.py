@@ -12,7 +12,7 @@ from pipeserve.protocol import chat_completions as wire
 from pipeserve.service.cache import CacheMode, ResponseCache, cache_key, cache_mode, replay
 from pipeserve.service.chat import SSE_DONE, ChatService, sse
 from pipeserve.service.edge import to_params
-from pipeserve.service.recording import Call, Recorder, parse_tags, should_log
+from pipeserve.service.recording import Call, Recorder, header_flag, parse_tags, should_log
 from pipeserve.validation import validate
 
 log = logging.getLogger("pipeserve.chat")
@@ -32,6 +32,7 @@ class ChatCompletions:
         call = Call(project=project, key_id=key_id, source="chat", req_payload=body)
         try:
             call.log = should_log(headers, store if isinstance(store, bool) else None, self.log_by_default)
+            header_flag(headers, "op-log-request")
             call.tags = parse_tags(headers)
             # Before validation, so that a rejected request is still found by its metadata.
             call.metadata = {**call.tags, **_string_pairs(body.get("metadata"))}

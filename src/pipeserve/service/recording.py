@@ -32,7 +32,11 @@ def header_flag(headers: Mapping[str, str], name: str) -> bool | None:
 
 
 def should_log(headers: Mapping[str, str], store: bool | None, default: bool) -> bool:
-    flag = header_flag(headers, "op-log-request")
+    """The rule; a malformed header counts as absent here (the request is refused for it elsewhere)."""
+    try:
+        flag = header_flag(headers, "op-log-request")
+    except InvalidRequestError:
+        flag = None
     if flag is not None:
         return flag
     return store if store is not None else default
@@ -93,12 +97,16 @@ class Call:
 
 
 class Recorder:
-    def __init__(self, writer: LogWriter, prices: Mapping[str, Price]) -> None:
+    def __init__(
+        self, writer: LogWriter, prices: Mapping[str, Price], aliases: Mapping[str, str] | None = None
+    ) -> None:
         self.writer = writer
         self.prices = prices
+        self.aliases = aliases or {}  # a served model's other names -> its id, so one price covers them all
 
     def cost(self, model: str | None, prompt: int | None, completion: int | None) -> float | None:
-        price = self.prices.get(model or "")
+        """Dollars, from the configured prices; None (unknown) for a model without a price."""
+        price = self.prices.get(model or "") or self.prices.get(self.aliases.get(model or "", ""))
         if price is None:
             return None
         return ((prompt or 0) * price.prompt + (completion or 0) * price.completion) / 1_000_000
