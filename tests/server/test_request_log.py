@@ -205,3 +205,21 @@ def test_a_bad_log_header_on_a_quiet_server_is_refused_and_not_logged(quiet: Ser
     response = httpx.post(f"{quiet.v1}/chat/completions", json=body, headers={"op-log-request": "maybe"}, timeout=60)
     assert response.status_code == 400
     assert logged_with(quiet, "run", run) == []
+
+
+def test_chat_logging_on_postgresql(pg_server: Server) -> None:
+    run = marker()
+    with pg_server.client().chat.completions.stream(
+        model=MODEL,
+        messages=HELLO,  # type: ignore[arg-type]
+        max_tokens=4,
+        metadata={"run": run},
+        extra_headers={"op-tags": json.dumps({"env": "pg"})},
+    ) as stream:
+        for _ in stream:
+            pass
+        final = stream.current_completion_snapshot
+    [log] = httpx.get(f"{pg_server.v1}/logs", params={"metadata.run": run}, timeout=30).json()["data"]
+    assert log["completion_id"] == final.id
+    assert log["metadata"] == {"run": run, "env": "pg"}
+    assert log["response"]["choices"][0]["message"]["content"] == final.choices[0].message.content

@@ -166,3 +166,11 @@ def test_entries_expire(cached: Server) -> None:
     assert post(cached, body, "readOnly").json()["id"] == first["id"]
     time.sleep(3.2)
     assert post(cached, body, "readOnly").json()["id"] != first["id"]
+
+
+def test_the_cache_on_postgresql(pg_server: Server) -> None:
+    body = ask(f"On PostgreSQL {uuid.uuid4().hex}", temperature=1.0)
+    first = post(pg_server, body, "writeOnly").json()
+    second = post(pg_server, body, "writeOnly").json()  # overwrites the entry (an upsert)
+    assert second["id"] != first["id"]
+    assert post(pg_server, body, "readOnly").json() == second
