@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import insert
 
 from pipeserve.store.db import Database
-from pipeserve.store.tables import logs
+from pipeserve.store.tables import log_criteria, logs
 
 log = logging.getLogger("pipeserve.store")
 
@@ -35,7 +35,11 @@ class LogWriter:
         self._task = asyncio.create_task(self._run(), name="pipeserve-log-writer")
 
     async def write(self, row: dict[str, Any]) -> None:
-        """Queue `row` and return once it is committed; raises if the database refused it."""
+        """Queue `row` and return once it is committed; raises if the database refused it.
+
+        `row["judgements"]`, if present, is a list of `log_criteria` rows (without `log_id`), stored in the
+        same transaction as the log.
+        """
         if self._task is None or self._task.done():
             raise RuntimeError("the log writer is not running")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -64,7 +68,11 @@ class LogWriter:
     async def _commit(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
         try:
             async with self.db.begin() as conn:
-                await conn.execute(insert(logs), [row for row, _ in batch])
+                rows = [{k: v for k, v in row.items() if k != "judgements"} for row, _ in batch]
+                await conn.execute(insert(logs), rows)
+                judged = [j | {"log_id": row["id"]} for row, _ in batch for j in row.get("judgements") or ()]
+                if judged:
+                    await conn.execute(insert(log_criteria), judged)
         except Exception as exc:
             if len(batch) > 1:
                 # One bad row must not cost the others their log: retry them one by one.

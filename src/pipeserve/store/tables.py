@@ -16,6 +16,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    UniqueConstraint,
     String,
     Table,
     Text,
@@ -89,4 +90,36 @@ cache_entries = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
     Column("completion", Json, nullable=False),
+)
+
+criteria = Table(
+    "criteria",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("project", String(100), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("version", Integer, nullable=False),  # versions are immutable: a change is a new version
+    Column("description", Text, nullable=False),
+    Column("instructions", Text, nullable=False),
+    Column("judge_model", String(200), nullable=False),
+    Column("judge_settings", Json, nullable=False),  # sampling settings of the judge: temperature, max_tokens, ...
+    Column("created_at", BigInteger, nullable=False),
+    Column("deleted_at", BigInteger, nullable=True),  # kept so that judged logs still name their version
+    UniqueConstraint("project", "name", "version", name="uq_criteria_project_name_version"),
+)
+
+# One judgement of one choice of a logged completion, queryable by score (`GET /logs?criteria.<name>.score<…`).
+log_criteria = Table(
+    "log_criteria",
+    metadata,
+    Column("log_id", String(40), ForeignKey("logs.id", ondelete="CASCADE"), primary_key=True),
+    Column("choice_index", Integer, primary_key=True),
+    Column("name", String(100), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("status", String(10), nullable=False),  # success | error
+    Column("score", Float, nullable=True),
+    Column("explanation", Text, nullable=True),
+    Column("error_code", Integer, nullable=True),
+    Column("error_message", Text, nullable=True),
+    Index("ix_log_criteria_name_score", "name", "score"),
 )
