@@ -9,6 +9,7 @@ import sys
 from pydantic import ValidationError
 
 from pipeserve import __version__
+from pipeserve.commands import criteria as criteria_commands
 from pipeserve.commands import datasets as datasets_commands
 from pipeserve.commands import logs as logs_commands
 from pipeserve.commands.common import add_settings_flags, load_settings
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     logs_commands.register(commands)
     datasets_commands.register(commands)
+    criteria_commands.register(commands)
 
     reference = commands.add_parser("settings", help="Print the configuration reference (Markdown).")
     reference.set_defaults(handler=_settings_reference)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -52,6 +52,32 @@ class Price(BaseModel):
 
     prompt: float = Field(default=0.0, ge=0, description="Dollars per million prompt tokens.")
     completion: float = Field(default=0.0, ge=0, description="Dollars per million completion tokens.")
+
+
+class CriterionConfig(BaseModel):
+    """One criterion (LLM-as-judge) of the config file, kept as the latest version of the project `default`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The criterion's name: a-z, 0-9, `_`, `-`.")
+    description: str = Field(default="", max_length=2000, description="What the criterion is about, for people.")
+    instructions: str = Field(
+        min_length=1, max_length=20000, description="What the judge is told to check: when to PASS, when to FAIL."
+    )
+    judge_model: str | None = Field(
+        default=None, description="The served model that judges (default: the embedded model, else the first)."
+    )
+    judge_settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The judge's sampling: `temperature` (default 0), `top_p` (1), `max_tokens` (128), `seed`.",
+    )
+
+    @field_validator("judge_settings")
+    @classmethod
+    def _valid_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from pipeserve.protocol.criteria import JudgeSettings
+
+        return JudgeSettings.model_validate(value).model_dump()
 
 
 def _embedded_models() -> list[ModelConfig]:
@@ -106,6 +132,14 @@ class Settings(BaseSettings):
         description="Served models, as a TOML array of tables `[[models]]` (or JSON in `PIPESERVE_MODELS`). "
         "Default: the embedded SmolLM2-135M-Instruct.",
     )
+    criteria: list[CriterionConfig] = Field(
+        default_factory=list,
+        description="Criteria (LLM-as-judge), as a TOML array of tables `[[criteria]]` with `name`, "
+        "`instructions`, and optionally `description`, `judge_model` (a served model; default: the embedded "
+        "one, else the first) and `judge_settings = {temperature = 0, top_p = 1, max_tokens = 128, seed = 1}`. "
+        "At start-up each becomes the latest version of that criterion in the project `default`: a changed "
+        "entry is a new version, an unchanged one writes nothing; criteria made through the API are kept.",
+    )
     max_queued_requests: int = Field(
         default=256,
         ge=0,
@@ -126,6 +160,32 @@ class Settings(BaseSettings):
         if not models:
             raise ValueError("at least one model must be configured")
         return models
+
+    @field_validator("criteria")
+    @classmethod
+    def _unique_criteria(cls, criteria: list[CriterionConfig]) -> list[CriterionConfig]:
+        names = [criterion.name for criterion in criteria]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"criterion {name!r} is defined twice; give every criterion a unique name")
+        return criteria
+
+    @model_validator(mode="after")
+    def _served_judges(self) -> Settings:
+        served = {name for model in self.models for name in (model.id, *model.aliases)}
+        for criterion in self.criteria:
+            if criterion.judge_model is not None and criterion.judge_model not in served:
+                raise ValueError(
+                    f"criterion {criterion.name!r} is judged by {criterion.judge_model!r}, which is not a served "
+                    "model; use the id or an alias of one of [[models]]"
+                )
+        return self
+
+    @property
+    def default_judge_model(self) -> str:
+        """The judge of a criterion that names none: the embedded model if served, else the first model."""
+        ids = [model.id for model in self.models]
+        return EMBEDDED_MODEL_ID if EMBEDDED_MODEL_ID in ids else ids[0]
 
     @classmethod
     def settings_customise_sources(

@@ -272,6 +272,25 @@ class ResponseMessage(BaseModel):
 FinishReason = Literal["stop", "length", "tool_calls", "function_call", "content_filter"]
 
 
+class CriterionSuccess(BaseModel):
+    """A judge's verdict on one choice: `score` is its probability of PASS."""
+
+    status: Literal["success"] = "success"
+    score: float
+    explanation: str | None
+
+
+class CriterionError(BaseModel):
+    """The judge could not judge this choice; the completion itself is unaffected."""
+
+    status: Literal["error"] = "error"
+    errorCode: int
+    errorMessage: str
+
+
+CriterionResult = CriterionSuccess | CriterionError
+
+
 class Choice(BaseModel):
     index: int
     message: ResponseMessage
@@ -279,6 +298,7 @@ class Choice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
     # --- OpenPipe extension -------------------------------------------------------------------------------
     content_filter_results: dict[str, Any] = Field(default_factory=dict)
+    criteria_results: dict[str, CriterionResult] = Field(default_factory=dict)  # by criterion name (op-criteria)
 
 
 class PromptTokensDetails(BaseModel):
@@ -294,15 +314,22 @@ class CompletionTokensDetails(BaseModel):
     rejected_prediction_tokens: int = 0
 
 
+class CriterionUsage(BaseModel):
+    total_tokens: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails
     completion_tokens_details: CompletionTokensDetails
-    # --- OpenPipe extension: prompt cache counters ---------------------------------------------------------
+    # --- OpenPipe extensions: prompt cache counters, tokens the judges of op-criteria spent ----------------
     prompt_cache_hit_tokens: int
     prompt_cache_miss_tokens: int
+    criteria: dict[str, CriterionUsage] = Field(default_factory=dict)
 
 
 class ChatCompletion(BaseModel):
@@ -357,6 +384,8 @@ class ChunkChoice(BaseModel):
     delta: ChunkDelta
     logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
+    # --- OpenPipe extension: the judges' results, in one chunk after the content (op-criteria) -------------
+    criteria_results: dict[str, CriterionResult] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class ChatCompletionChunk(BaseModel):

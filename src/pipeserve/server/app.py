@@ -12,10 +12,13 @@ from pipeserve import __version__
 from pipeserve.engines import create_engine
 from pipeserve.keys import KeyStore
 from pipeserve.server.errors import install_error_handlers
-from pipeserve.server.routes import chat, datasets, health, logs, models
+from pipeserve.server.routes import chat, criteria, datasets, health, logs, models
 from pipeserve.service.cache import ResponseCache
 from pipeserve.service.chat import ChatService
 from pipeserve.service.completions import ChatCompletions
+from pipeserve.service.criteria import CriteriaService, sync_config_criteria
+from pipeserve.service.grading import Grader
+from pipeserve.service.judge import Judge
 from pipeserve.service.metrics import Metrics
 from pipeserve.service.models import ModelRegistry, ServedModel
 from pipeserve.service.recording import Recorder
@@ -68,8 +71,16 @@ def create_app(settings: Settings) -> FastAPI:
             aliases = {alias: m.config.id for m in served for alias in m.config.aliases}
             app.state.recorder = Recorder(writer, settings.prices, aliases)
             app.state.cache = ResponseCache(db, settings.cache_ttl_seconds)
+            served_names = {name for m in served for name in (m.config.id, *m.config.aliases)}
+            app.state.criteria = CriteriaService(db, settings.default_judge_model, served_names.__contains__)
+            app.state.judge = Judge(app.state.chat)
+            await sync_config_criteria(app.state.criteria, settings)
             app.state.completions = ChatCompletions(
-                app.state.chat, app.state.recorder, app.state.cache, settings.log_requests
+                app.state.chat,
+                app.state.recorder,
+                app.state.cache,
+                grader=Grader(app.state.criteria, app.state.judge),
+                log_by_default=settings.log_requests,
             )
             yield
         finally:
@@ -87,5 +98,6 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(models.router, prefix=prefix)
         app.include_router(logs.router, prefix=prefix)
         app.include_router(datasets.router, prefix=prefix)
+        app.include_router(criteria.router, prefix=prefix)
     app.include_router(health.router)
     return app

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from pipeserve.errors import InvalidRequestError
 from pipeserve.protocol import chat_completions as wire
+from pipeserve.service.chat import criteria_choices
 from pipeserve.store.db import Database, now_ms
 from pipeserve.store.tables import cache_entries
 
@@ -104,8 +105,10 @@ class ResponseCache:
                 await conn.execute(delete(cache_entries).where(cache_entries.c.expires_at <= now))
 
 
-def replay(completion: wire.ChatCompletion, include_usage: bool) -> list[wire.ChatCompletionChunk]:
-    """The chunks of a stream that the `openai` SDK assembles back into `completion`."""
+def replay(
+    completion: wire.ChatCompletion, include_usage: bool, *, criteria: bool = False
+) -> list[wire.ChatCompletionChunk]:
+    """The chunks of a stream that the `openai` SDK assembles back into `completion`, judged or not."""
 
     def chunk(choices: list[wire.ChunkChoice], usage: wire.Usage | None = None) -> wire.ChatCompletionChunk:
         return wire.ChatCompletionChunk(
@@ -137,6 +140,8 @@ def replay(completion: wire.ChatCompletion, include_usage: bool) -> list[wire.Ch
             chunks.append(chunk([wire.ChunkChoice(index=index, delta=wire.ChunkDelta(function_call=function))]))
         end = wire.ChunkChoice(index=index, delta=wire.ChunkDelta(), finish_reason=choice.finish_reason)
         chunks.append(chunk([end]))
+    if criteria:  # as a live stream sends them: one chunk of results after the content
+        chunks.append(chunk(criteria_choices(completion)))
     if include_usage:
         chunks.append(chunk([], completion.usage))
     return chunks

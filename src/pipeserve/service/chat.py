@@ -28,6 +28,8 @@ SSE_DONE = b"data: [DONE]\n\n"
 # Called once a stream's content is out and before its last bytes: the merged completion (as the `openai`
 # SDK assembles it) or the error that ended the stream.
 StreamEnd = Callable[[wire.ChatCompletion | None, PipeserveError | None], Awaitable[None]]
+# Judges a finished stream's completion (op-criteria); its results go out in one chunk before the usage chunk.
+StreamGrade = Callable[[wire.ChatCompletion], Awaitable[wire.ChatCompletion]]
 
 
 def sse(payload: bytes) -> bytes:
@@ -179,13 +181,17 @@ class ChatService:
         )
 
     async def stream(
-        self, params: ChatParams, call: Call | None = None, on_end: StreamEnd | None = None
+        self,
+        params: ChatParams,
+        call: Call | None = None,
+        on_end: StreamEnd | None = None,
+        grade: StreamGrade | None = None,
     ) -> AsyncIterator[bytes]:
         """Start the generation (errors raise before the first byte), then return the SSE byte stream."""
         run = await self._start(params, call)
-        return self._stream(run, on_end)
+        return self._stream(run, on_end, grade)
 
-    async def _stream(self, run: _Run, on_end: StreamEnd | None) -> AsyncIterator[bytes]:
+    async def _stream(self, run: _Run, on_end: StreamEnd | None, grade: StreamGrade | None) -> AsyncIterator[bytes]:
         shapers = [StreamShaper(run.params) for _ in run.choices]
         try:
             try:
@@ -209,9 +215,13 @@ class ChatService:
                             yield run.chunk([wire.ChunkChoice(index=index, delta=delta)])
                         end = wire.ChunkChoice(index=index, delta=wire.ChunkDelta(), finish_reason=finish)  # type: ignore[arg-type]
                         yield run.chunk([end])
+                completion = self._completion(run)
+                if grade is not None:
+                    completion = await grade(completion)
+                    yield run.chunk(criteria_choices(completion))
                 if run.params.include_usage:
-                    yield run.chunk([], run.usage())
-                ended: tuple[wire.ChatCompletion | None, PipeserveError | None] = (self._completion(run), None)
+                    yield run.chunk([], completion.usage)
+                ended: tuple[wire.ChatCompletion | None, PipeserveError | None] = (completion, None)
             except PipeserveError as error:
                 yield sse(_error_json(error))
                 ended = (None, error)
@@ -241,6 +251,14 @@ def _check_capabilities(served: ServedModel, params: ChatParams) -> None:
             raise UnsupportedParameterError(
                 f"The model {served.config.id} can't honour '{field}'. Remove it or use another model.", param=field
             )
+
+
+def criteria_choices(completion: wire.ChatCompletion) -> list[wire.ChunkChoice]:
+    """The chunk choices that carry the judges' results of a stream (op-criteria)."""
+    return [
+        wire.ChunkChoice(index=c.index, delta=wire.ChunkDelta(), criteria_results=c.criteria_results)
+        for c in completion.choices
+    ]
 
 
 def _chunk_logprobs(emitted: Emitted) -> wire.ChoiceLogprobs:

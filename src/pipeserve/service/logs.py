@@ -7,10 +7,12 @@ so a key of one project never reads or changes another project's logs.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Mapping, Sequence
+import operator
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from sqlalchemy import Text, exists, func, literal, select, tuple_, update
@@ -22,7 +24,7 @@ from pipeserve.protocol import logs as wire
 from pipeserve.service.recording import Call, Recorder, tag_value
 from pipeserve.service.values import check_text, iso
 from pipeserve.store.db import Database, now_ms
-from pipeserve.store.tables import logs
+from pipeserve.store.tables import log_criteria, logs
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
@@ -45,9 +47,63 @@ def metadata_equals(key: str, value: str, *, sqlite: bool) -> ColumnElement[bool
 
 
 @dataclass(frozen=True)
+class CriterionCondition:
+    """`criteria.<name>.score<0.5` or `criteria.<name>.status=error`, on the judgement of a log's first choice
+    (with Best-of-N, the best one)."""
+
+    name: str
+    field: Literal["score", "status"]
+    op: str  # one of _OPERATORS
+    value: float | str
+
+    def clause(self) -> ColumnElement[bool]:
+        column = log_criteria.c.score if self.field == "score" else log_criteria.c.status
+        return exists().where(
+            log_criteria.c.log_id == logs.c.id,
+            log_criteria.c.choice_index == 0,
+            log_criteria.c.name == self.name,
+            _OPERATORS[self.op](column, self.value),
+        )
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "!=": operator.ne,
+    "<": operator.lt,
+    ">": operator.gt,
+    "=": operator.eq,
+}
+_CONDITION = re.compile(
+    r"criteria\.(?P<name>[A-Za-z0-9_-]{1,64})\.(?P<field>score|status)(?P<op><=|>=|!=|<|>|=)(?P<value>.+)"
+)
+
+
+def parse_criterion_condition(text: str) -> CriterionCondition:
+    """`criteria.<name>.score<0.5`, `...score>=0.8`, `criteria.<name>.status=error`, as written in a URL."""
+    match = _CONDITION.fullmatch(text.strip())
+    problem = (
+        f"Invalid criteria filter {text!r}: write criteria.<name>.score followed by <, <=, >, >=, = or != and a "
+        "number (criteria.relevance.score<0.5), or criteria.<name>.status=success|error."
+    )
+    if match is None:
+        raise InvalidRequestError(problem, param=text.split("<")[0].split(">")[0].split("=")[0].split("!")[0])
+    name, field_, op, raw = match["name"], match["field"], match["op"], match["value"]
+    if field_ == "status":
+        if op not in ("=", "!=") or raw not in ("success", "error"):
+            raise InvalidRequestError(problem, param=f"criteria.{name}.status")
+        return CriterionCondition(name, "status", op, raw)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequestError(problem, param=f"criteria.{name}.score") from None
+    return CriterionCondition(name, "score", op, value)
+
+
+@dataclass(frozen=True)
 class LogFilter:
     """What a listing selects; every condition must hold. Times are milliseconds, `since` inclusive and
-    `until` exclusive. A new kind of condition (e.g. criteria scores) is a field here and a clause below."""
+    `until` exclusive."""
 
     model: str | None = None
     completion_id: str | None = None
@@ -55,6 +111,7 @@ class LogFilter:
     since: int | None = None
     until: int | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    criteria: Sequence[CriterionCondition] = ()
 
     def clauses(self, *, sqlite: bool) -> list[ColumnElement[bool]]:
         out: list[ColumnElement[bool]] = []
@@ -69,6 +126,7 @@ class LogFilter:
         if self.until is not None:
             out.append(logs.c.requested_at < self.until)
         out += [metadata_equals(k, v, sqlite=sqlite) for k, v in self.metadata.items()]
+        out += [condition.clause() for condition in self.criteria]
         return out
 
 

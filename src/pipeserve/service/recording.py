@@ -123,6 +123,7 @@ class Recorder:
         usage: tuple[int, int] | None = None,
         received_at: int | None = None,
         completion_id: str | None = None,
+        judgements: list[dict[str, Any]] | None = None,
     ) -> str | None:
         """Store the call's log (if it asked to be logged) and return its id once committed."""
         if not call.log:
@@ -152,6 +153,7 @@ class Recorder:
             "key_id": call.key_id,
             "meta": call.metadata,
             "tags": call.tags,
+            "judgements": judgements or [],
         }
         await self.writer.write(row)
         return str(row["id"])

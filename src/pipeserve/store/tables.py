@@ -16,10 +16,10 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
-    UniqueConstraint,
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import parse_qsl, unquote_plus
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
@@ -96,7 +97,25 @@ def _metadata_param(name: str) -> str | None:
     return key
 
 
-def parse_list_query(items: Sequence[tuple[str, str]]) -> service.ListQuery:
+def split_query(raw: str) -> tuple[list[tuple[str, str]], list[service.CriterionCondition]]:
+    """The query string's pairs, and its criteria conditions: `criteria.<name>.score<0.5` is no key=value
+    pair (`<=` would even split at its `=`), so those are read from the raw query string."""
+    pairs: list[tuple[str, str]] = []
+    conditions = []
+    for part in raw.split("&"):
+        if not part:
+            continue
+        text = unquote_plus(part)
+        if text.startswith("criteria."):
+            conditions.append(service.parse_criterion_condition(text))
+        else:
+            pairs.extend(parse_qsl(part, keep_blank_values=True))
+    return pairs, conditions
+
+
+def parse_list_query(
+    items: Sequence[tuple[str, str]], criteria: Sequence[service.CriterionCondition] = ()
+) -> service.ListQuery:
     """GET /logs's query parameters; an unknown or repeated one is a 400 rather than silently ignored."""
     given: dict[str, str] = {}
     metadata: dict[str, str] = {}
@@ -107,7 +126,7 @@ def parse_list_query(items: Sequence[tuple[str, str]]) -> service.ListQuery:
         if key is None and canonical is None:
             raise InvalidRequestError(
                 f"Unrecognized query parameter: {name}. GET /logs takes model, status_code, from, to, "
-                "metadata.<key>, limit and cursor.",
+                "metadata.<key>, criteria.<name>.score<…, limit and cursor.",
                 param=name,
             )
         if (key is not None and key in metadata) or (canonical is not None and canonical in given):
@@ -124,6 +143,7 @@ def parse_list_query(items: Sequence[tuple[str, str]]) -> service.ListQuery:
             since=None if "from" not in given else parse_time(given["from"], "from"),
             until=None if "to" not in given else parse_time(given["to"], "to"),
             metadata=metadata,
+            criteria=tuple(criteria),
         ),
         limit=_int_param(given["limit"], "limit", 1, service.MAX_LIMIT) if "limit" in given else service.DEFAULT_LIMIT,
         cursor=given.get("cursor"),
@@ -144,7 +164,7 @@ def _int_param(text: str, param: str, low: int, high: int) -> int:
 
 @router.get("/logs")
 async def list_logs(request: Request, principal: Authenticated) -> Response:
-    query = parse_list_query(request.query_params.multi_items())
+    query = parse_list_query(*split_query(request.url.query))
     page = await service.list_logs(request.app.state.db, principal.project, query)
     return _json(wire.LogList(data=page.data, has_more=page.has_more, next_cursor=page.next_cursor))
 
