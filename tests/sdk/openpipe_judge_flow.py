@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from openpipe import OpenPipe
+from openpipe import OpenAI, OpenPipe
 from openpipe.api_client.core.api_error import ApiError
 
 
@@ -50,7 +50,24 @@ def main() -> None:
         out["missing"] = None
     except ApiError as error:
         out["missing"] = {"status": error.status_code, "body": error.body}
-    print(json.dumps(out))
+    # op-criteria as the SDK sends it (openpipe={"criteria": [...]}) on a chat completion, Best-of-N with n=2
+    client = OpenAI(api_key="unused", base_url=base_url, openpipe={"api_key": "unused", "base_url": base_url})
+    completion = client.chat.completions.create(
+        model="openpipe:smollm2-135m-instruct",
+        messages=messages,
+        max_tokens=6,
+        n=2,
+        temperature=1.0,
+        openpipe={"criteria": [criterion]},
+    )
+    out["chat"] = {
+        "choices": [
+            {"index": choice.index, "criteria_results": getattr(choice, "criteria_results", None)}
+            for choice in completion.choices
+        ],
+        "usage_criteria": getattr(completion.usage, "criteria", None),
+    }
+    print(json.dumps(out, default=lambda value: value.model_dump() if hasattr(value, "model_dump") else str(value)))
 
 
 if __name__ == "__main__":

@@ -43,3 +43,19 @@ def test_an_unknown_criterion_is_a_404(judged: dict[str, Any]) -> None:
     missing = judged["missing"]
     assert missing["status"] == 404
     assert missing["body"]["error"]["param"] == "criterion_id"
+
+
+def test_a_chat_completion_with_criteria_through_the_sdk(judged: dict[str, Any]) -> None:
+    chat = judged["chat"]
+    name = judged["name"]
+    choices = chat["choices"]
+    assert [c["index"] for c in choices] == [0, 1]
+    scores = []
+    for choice in choices:
+        [(key, result)] = choice["criteria_results"].items()
+        assert key == name
+        assert result["status"] == "success" and 0 <= result["score"] <= 1
+        scores.append(result["score"])
+    assert scores == sorted(scores, reverse=True)  # Best-of-N: best first
+    [usage] = chat["usage_criteria"].values()
+    assert usage["total_tokens"] > 0
