@@ -10,6 +10,7 @@ don't (finish_reason stays `length`).
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import llguidance
@@ -36,7 +37,11 @@ class GuideCompiler:
     @property
     def tokenizer(self) -> llguidance.LLTokenizer:
         if self._tokenizer is None:
-            self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(self.model.vocab)
+            # llguidance reads each token's attributes through a binding llama-cpp-python marks deprecated:
+            # one warning per vocabulary entry (49,152 here), none of them actionable by us.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(self.model.vocab)
         return self._tokenizer
 
     def compile(self, schema: dict[str, Any], *, param: str) -> str:
