@@ -74,6 +74,19 @@ def start_server(tmp: Path, *, config: str | None = None, extra_args: tuple[str,
     raise RuntimeError(f"server did not start:\n{log.read_text()}")
 
 
+def create_key(data_dir: Path, project: str = "default", name: str = "test") -> str:
+    """`pipeserve keys create` for a server's data directory; the key, as printed once."""
+    command = ["keys", "create", "--name", name, "--project", project, "--data-dir", str(data_dir)]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeserve", *command],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(),
+    )
+    return result.stdout.strip()
+
+
 def stop_server(server: Server) -> None:
     server.process.terminate()
     try:

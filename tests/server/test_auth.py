@@ -11,20 +11,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL, Server, clean_env, start_server, stop_server
+from tests.conftest import MODEL, Server, clean_env, create_key, start_server, stop_server
 
 HELLO = [{"role": "user", "content": "Hi"}]
-
-
-def create_key(data_dir: Path) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeserve", "keys", "create", "--name", "test", "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=clean_env(),
-    )
-    return result.stdout.strip()
 
 
 @pytest.fixture(scope="module")

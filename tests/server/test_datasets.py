@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from tests.conftest import MODEL, Server, clean_env, start_server, stop_server
+from tests.conftest import MODEL, Server, create_key, start_server, stop_server
 
 USER = {"role": "user", "content": "Say hi"}
 ANSWER = {"role": "assistant", "content": "hi"}
@@ -184,17 +181,6 @@ def test_on_postgresql(pg_server: Server) -> None:
 
 
 # --- projects --------------------------------------------------------------------------------------------
-
-
-def create_key(data_dir: Path, project: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeserve", "keys", "create", "--project", project, "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=clean_env(),
-    )
-    return result.stdout.strip()
 
 
 @pytest.fixture(scope="module")

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import MODEL, Server, clean_env, start_server, stop_server
+from tests.conftest import MODEL, Server, create_key, start_server, stop_server
 from tests.server.test_request_log import logged_with
-
-
-def create_key(data_dir: Path, project: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeserve", "keys", "create", "--project", project, "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=clean_env(),
-    )
-    return result.stdout.strip()
 
 
 @pytest.fixture(scope="module")
