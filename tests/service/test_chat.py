@@ -221,6 +221,7 @@ async def test_stream_with_usage_and_a_stop_string() -> None:
         },
         "prompt_cache_hit_tokens": 2,
         "prompt_cache_miss_tokens": 5,
+        "criteria": {},
     }
     assert engine.stops == [(0, True), (None, True)]
 

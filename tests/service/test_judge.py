@@ -28,10 +28,9 @@ from pipeserve.service.judge import (
     judge_input,
     judge_messages,
     judge_output,
-    value_offset,
-    verdict_score,
 )
 from pipeserve.service.models import ModelRegistry, ServedModel
+from pipeserve.service.verdict import value_offset, verdict_score
 from pipeserve.settings import Settings
 from pipeserve.validation import validate
 

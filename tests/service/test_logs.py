@@ -10,6 +10,7 @@ import pytest
 from pipeserve.errors import InvalidRequestError
 from pipeserve.protocol import logs as wire
 from pipeserve.service import logs as service
+from pipeserve.service.log_filters import LogFilter, update_clauses
 from pipeserve.service.recording import Recorder
 from pipeserve.service.values import parse_time
 from pipeserve.settings import Price
@@ -63,7 +64,7 @@ async def test_report_stores_the_call_with_usage_cost_and_merged_metadata(
         tags={"a": "from-tags", "n": 3, "flag": True, "gone": None},
     )
     await service.report(recorder, project, "key_1", report)
-    [log] = (await service.list_logs(database, project, service.ListQuery(service.LogFilter()))).data
+    [log] = (await service.list_logs(database, project, service.ListQuery(LogFilter()))).data
     assert log.source == "report"
     assert log.model == "gpt-test"
     assert log.completion_id == "chatcmpl-ext"
@@ -85,7 +86,7 @@ async def test_report_anthropic(database: Database, project: str, recorder: Reco
         tags={"k": "tag", "t": 1},
     )
     await service.report_anthropic(recorder, project, None, report)
-    [log] = (await service.list_logs(database, project, service.ListQuery(service.LogFilter()))).data
+    [log] = (await service.list_logs(database, project, service.ListQuery(LogFilter()))).data
     assert (log.source, log.model, log.completion_id) == ("report-anthropic", "claude-x", "msg_1")
     assert log.usage is not None and (log.usage.prompt_tokens, log.usage.completion_tokens) == (7, 3)
     assert log.cost is None  # no price configured for the model
@@ -106,7 +107,7 @@ async def test_filters_combine(database: Database, project: str) -> None:
     c = await insert(database, project, meta={"env": "prod"}, status_code=500, requested_at=T0 + 20)
 
     async def ids(**kw: Any) -> list[str]:
-        page = await service.list_logs(database, project, service.ListQuery(service.LogFilter(**kw)))
+        page = await service.list_logs(database, project, service.ListQuery(LogFilter(**kw)))
         return [log.id for log in page.data]
 
     assert await ids() == [c, b, a]
@@ -126,20 +127,20 @@ async def test_pagination_has_no_gaps_or_repeats(database: Database, project: st
     seen: list[str] = []
     cursor = None
     while True:
-        page = await service.list_logs(database, project, service.ListQuery(service.LogFilter(), 5, cursor))
+        page = await service.list_logs(database, project, service.ListQuery(LogFilter(), 5, cursor))
         seen += [log.id for log in page.data]
         if not page.has_more:
             break
         cursor = page.next_cursor
     assert len(seen) == 23 and set(seen) == made
-    exported = [log.id async for log in service.iter_logs(database, project, service.LogFilter())]
+    exported = [log.id async for log in service.iter_logs(database, project, LogFilter())]
     assert exported == seen
-    assert len([log async for log in service.iter_logs(database, project, service.LogFilter(), limit=7)]) == 7
+    assert len([log async for log in service.iter_logs(database, project, LogFilter(), limit=7)]) == 7
 
 
 async def test_a_bad_cursor_is_a_400(database: Database, project: str) -> None:
     with pytest.raises(InvalidRequestError) as caught:
-        await service.list_logs(database, project, service.ListQuery(service.LogFilter(), cursor="nonsense"))
+        await service.list_logs(database, project, service.ListQuery(LogFilter(), cursor="nonsense"))
     assert caught.value.param == "cursor"
 
 
@@ -153,11 +154,11 @@ async def test_update_metadata_sets_overwrites_and_deletes(database: Database, p
     other = await insert(database, project, meta={"prompt": "p2"})
     sqlite = database.is_sqlite
 
-    where = service.update_clauses(items(("metadata.prompt", "p1")), sqlite=sqlite)
+    where = update_clauses(items(("metadata.prompt", "p1")), sqlite=sqlite)
     assert await service.update_metadata(database, project, where, {"relabel": "true", "drop": None}) == 2
-    where = service.update_clauses(items(("completionId", "cmpl-a"), ("model", "m1")), sqlite=sqlite)
+    where = update_clauses(items(("completionId", "cmpl-a"), ("model", "m1")), sqlite=sqlite)
     assert await service.update_metadata(database, project, where, {"relabel": "false"}) == 1
-    where = service.update_clauses(items(("model", "m2"), ("completionId", "cmpl-a")), sqlite=sqlite)
+    where = update_clauses(items(("model", "m2"), ("completionId", "cmpl-a")), sqlite=sqlite)
     assert await service.update_metadata(database, project, where, {"relabel": "never"}) == 0
 
     async def meta(log_id: str) -> dict[str, str]:
@@ -169,7 +170,7 @@ async def test_update_metadata_sets_overwrites_and_deletes(database: Database, p
     assert await meta(b) == {"prompt": "p1", "relabel": "true"}
     assert await meta(other) == {"prompt": "p2"}
     # nothing to change still counts what matched
-    where = service.update_clauses(items(("metadata.prompt", "p1")), sqlite=sqlite)
+    where = update_clauses(items(("metadata.prompt", "p1")), sqlite=sqlite)
     assert await service.update_metadata(database, project, where, {}) == 2
     # no filter matches every log of the project, and only of this project
     assert await service.update_metadata(database, project, [], {"all": "yes"}) == 3
@@ -177,7 +178,7 @@ async def test_update_metadata_sets_overwrites_and_deletes(database: Database, p
 
 async def test_update_tags_keeps_the_tags_column_in_step(database: Database, project: str) -> None:
     a = await insert(database, project, meta={"t": "1", "k": "v"}, tags={"t": "1"})
-    where = service.update_clauses(items(("tags.t", 1)), sqlite=database.is_sqlite)
+    where = update_clauses(items(("tags.t", 1)), sqlite=database.is_sqlite)
     assert await service.update_metadata(database, project, where, {"t": None, "new": "true"}, tags_too=True) == 1
     log = await service.get_log(database, project, a)
     assert log is not None
@@ -187,7 +188,7 @@ async def test_update_tags_keeps_the_tags_column_in_step(database: Database, pro
 
 def test_unknown_filter_field_is_named() -> None:
     with pytest.raises(InvalidRequestError) as caught:
-        service.update_clauses(items(("model", "m"), ("prompt", "x")), sqlite=True)
+        update_clauses(items(("model", "m"), ("prompt", "x")), sqlite=True)
     assert caught.value.param == "filters[1].field"
 
 
@@ -196,7 +197,7 @@ async def test_projects_are_isolated(database: Database, project: str) -> None:
     theirs = project + "-other"
     await insert(database, theirs, meta={"shared": "v"})
     assert await service.get_log(database, theirs, mine) is None
-    where = service.update_clauses(items(("metadata.shared", "v")), sqlite=database.is_sqlite)
+    where = update_clauses(items(("metadata.shared", "v")), sqlite=database.is_sqlite)
     assert await service.update_metadata(database, theirs, where, {"shared": None}) == 1
     log = await service.get_log(database, project, mine)
     assert log is not None and log.metadata == {"shared": "v"}

@@ -13,6 +13,7 @@ from pipeserve.commands.common import add_store_flags, with_database
 from pipeserve.errors import InvalidRequestError
 from pipeserve.protocol import logs as wire
 from pipeserve.service import logs as service
+from pipeserve.service.log_filters import LogFilter
 from pipeserve.service.values import parse_time
 from pipeserve.store.db import Database
 
@@ -85,14 +86,14 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _filter(args: argparse.Namespace) -> service.LogFilter:
+def _filter(args: argparse.Namespace) -> LogFilter:
     metadata: dict[str, str] = {}
     for pair in args.metadata:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise InvalidRequestError(f"--metadata takes KEY=VALUE, not {pair!r}.")
         metadata[key] = value
-    return service.LogFilter(
+    return LogFilter(
         model=args.model,
         status_code=args.status,
         since=None if args.since is None else parse_time(args.since, "--since"),
@@ -101,12 +102,12 @@ def _filter(args: argparse.Namespace) -> service.LogFilter:
     )
 
 
-async def _list(db: Database, project: str, flt: service.LogFilter, limit: int, out: IO[str]) -> None:
+async def _list(db: Database, project: str, flt: LogFilter, limit: int, out: IO[str]) -> None:
     async for log in service.iter_logs(db, project, flt, limit=limit):
         out.write(_line(log) + "\n")
 
 
-async def _export(db: Database, project: str, flt: service.LogFilter, limit: int | None, out: IO[str]) -> int:
+async def _export(db: Database, project: str, flt: LogFilter, limit: int | None, out: IO[str]) -> int:
     count = 0
     async for log in service.iter_logs(db, project, flt, limit=limit):
         out.write(log.model_dump_json() + "\n")

@@ -1,30 +1,30 @@
 """The request log: reports of outside calls, filtered listing, and metadata updates.
 
 Shared by the HTTP routes and the `pipeserve logs` command. Every query filters on the project it is given,
-so a key of one project never reads or changes another project's logs.
+so a key of one project never reads or changes another project's logs. Which logs a listing or an update
+selects is `log_filters`.
 """
 
 from __future__ import annotations
 
 import base64
-import operator
-import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from sqlalchemy import Text, exists, func, literal, select, tuple_, update
+from sqlalchemy import Text, func, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
 from pipeserve.errors import InvalidRequestError
 from pipeserve.protocol import logs as wire
+from pipeserve.service.log_filters import LogFilter
 from pipeserve.service.recording import Call, Recorder, tag_value
 from pipeserve.service.values import check_text, iso
 from pipeserve.store.db import Database, now_ms
-from pipeserve.store.tables import log_criteria, logs
+from pipeserve.store.tables import logs
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
@@ -33,101 +33,7 @@ EXPORT_PAGE = 500  # rows per query when streaming every matching log (export)
 # --- times ---------------------------------------------------------------------------------------------------
 
 
-# --- which logs ----------------------------------------------------------------------------------------------
-
-
-def metadata_equals(key: str, value: str, *, sqlite: bool) -> ColumnElement[bool]:
-    if sqlite and '"' in key:
-        # SQLite's JSON paths cannot spell a key holding a double quote (it would silently match nothing):
-        # look through the object's members instead.
-        each = func.json_each(logs.c.meta).table_valued("key", "value")
-        return exists(select(literal(1)).select_from(each).where(each.c.key == key, each.c.value == value))
-    clause: ColumnElement[bool] = logs.c.meta[key].as_string() == value
-    return clause
-
-
-@dataclass(frozen=True)
-class CriterionCondition:
-    """`criteria.<name>.score<0.5` or `criteria.<name>.status=error`, on the judgement of a log's first choice
-    (with Best-of-N, the best one)."""
-
-    name: str
-    field: Literal["score", "status"]
-    op: str  # one of _OPERATORS
-    value: float | str
-
-    def clause(self) -> ColumnElement[bool]:
-        column = log_criteria.c.score if self.field == "score" else log_criteria.c.status
-        return exists().where(
-            log_criteria.c.log_id == logs.c.id,
-            log_criteria.c.choice_index == 0,
-            log_criteria.c.name == self.name,
-            _OPERATORS[self.op](column, self.value),
-        )
-
-
-_OPERATORS: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
-    "<=": operator.le,
-    ">=": operator.ge,
-    "!=": operator.ne,
-    "<": operator.lt,
-    ">": operator.gt,
-    "=": operator.eq,
-}
-_CONDITION = re.compile(
-    r"criteria\.(?P<name>[A-Za-z0-9_-]{1,64})\.(?P<field>score|status)(?P<op><=|>=|!=|<|>|=)(?P<value>.+)"
-)
-
-
-def parse_criterion_condition(text: str) -> CriterionCondition:
-    """`criteria.<name>.score<0.5`, `...score>=0.8`, `criteria.<name>.status=error`, as written in a URL."""
-    match = _CONDITION.fullmatch(text.strip())
-    problem = (
-        f"Invalid criteria filter {text!r}: write criteria.<name>.score followed by <, <=, >, >=, = or != and a "
-        "number (criteria.relevance.score<0.5), or criteria.<name>.status=success|error."
-    )
-    if match is None:
-        raise InvalidRequestError(problem, param=text.split("<")[0].split(">")[0].split("=")[0].split("!")[0])
-    name, field_, op, raw = match["name"], match["field"], match["op"], match["value"]
-    if field_ == "status":
-        if op not in ("=", "!=") or raw not in ("success", "error"):
-            raise InvalidRequestError(problem, param=f"criteria.{name}.status")
-        return CriterionCondition(name, "status", op, raw)
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidRequestError(problem, param=f"criteria.{name}.score") from None
-    return CriterionCondition(name, "score", op, value)
-
-
-@dataclass(frozen=True)
-class LogFilter:
-    """What a listing selects; every condition must hold. Times are milliseconds, `since` inclusive and
-    `until` exclusive."""
-
-    model: str | None = None
-    completion_id: str | None = None
-    status_code: int | None = None
-    since: int | None = None
-    until: int | None = None
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    criteria: Sequence[CriterionCondition] = ()
-
-    def clauses(self, *, sqlite: bool) -> list[ColumnElement[bool]]:
-        out: list[ColumnElement[bool]] = []
-        if self.model is not None:
-            out.append(logs.c.model == self.model)
-        if self.completion_id is not None:
-            out.append(logs.c.completion_id == self.completion_id)
-        if self.status_code is not None:
-            out.append(logs.c.status_code == self.status_code)
-        if self.since is not None:
-            out.append(logs.c.requested_at >= self.since)
-        if self.until is not None:
-            out.append(logs.c.requested_at < self.until)
-        out += [metadata_equals(k, v, sqlite=sqlite) for k, v in self.metadata.items()]
-        out += [condition.clause() for condition in self.criteria]
-        return out
+# --- reading -------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -135,35 +41,6 @@ class ListQuery:
     filter: LogFilter
     limit: int = DEFAULT_LIMIT
     cursor: str | None = None
-
-
-_UPDATE_FIELDS = {"model": logs.c.model, "completionId": logs.c.completion_id}
-
-
-def update_clauses(filters: Sequence[wire.LogFilterItem], *, sqlite: bool) -> list[ColumnElement[bool]]:
-    """OpenPipe's update filters, all of which must hold. `metadata.<key>` and the older `tags.<key>` both
-    name a metadata key (tags are metadata now). No filter at all selects every log of the project, as on
-    OpenPipe."""
-    out: list[ColumnElement[bool]] = []
-    for index, item in enumerate(filters):
-        check_text([item.field, item.equals], f"filters[{index}]")
-        value = str(tag_value(item.equals))
-        column = _UPDATE_FIELDS.get(item.field)
-        if column is not None:
-            out.append(column == value)
-            continue
-        prefix, dot, key = item.field.partition(".")
-        if prefix not in ("metadata", "tags") or not dot or not key:
-            raise InvalidRequestError(
-                f"Invalid value for 'filters[{index}].field': {item.field!r} is not a field we can filter on. "
-                "Use 'model', 'completionId' or 'metadata.<key>'.",
-                param=f"filters[{index}].field",
-            )
-        out.append(metadata_equals(key, value, sqlite=sqlite))
-    return out
-
-
-# --- reading -------------------------------------------------------------------------------------------------
 
 
 @dataclass

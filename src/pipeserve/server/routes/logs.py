@@ -15,6 +15,7 @@ from pipeserve.protocol import logs as wire
 from pipeserve.server.auth import Authenticated, require_key
 from pipeserve.server.body import parse_body
 from pipeserve.service import logs as service
+from pipeserve.service.log_filters import CriterionCondition, LogFilter, parse_criterion_condition, update_clauses
 from pipeserve.service.recording import tag_value
 from pipeserve.service.values import check_text, parse_time
 from pipeserve.store.db import Database
@@ -45,7 +46,7 @@ async def report_anthropic(request: Request, principal: Authenticated) -> Respon
 async def update_metadata(request: Request, principal: Authenticated) -> Response:
     body = await parse_body(request, wire.UpdateMetadataRequest)
     db: Database = request.app.state.db
-    where = service.update_clauses(body.filters, sqlite=db.is_sqlite)
+    where = update_clauses(body.filters, sqlite=db.is_sqlite)
     matched = await service.update_metadata(db, principal.project, where, body.metadata)
     return _json(wire.UpdateResponse(matched_logs=matched), by_alias=True)
 
@@ -55,7 +56,7 @@ async def update_tags(request: Request, principal: Authenticated) -> Response:
     """Deprecated twin of update-metadata: tags are metadata now; the `tags` column follows along."""
     body = await parse_body(request, wire.UpdateTagsRequest)
     db: Database = request.app.state.db
-    where = service.update_clauses(body.filters, sqlite=db.is_sqlite)
+    where = update_clauses(body.filters, sqlite=db.is_sqlite)
     changes = {key: tag_value(value) for key, value in body.tags.items()}
     matched = await service.update_metadata(db, principal.project, where, changes, tags_too=True)
     return _json(wire.UpdateResponse(matched_logs=matched), by_alias=True)
@@ -97,7 +98,7 @@ def _metadata_param(name: str) -> str | None:
     return key
 
 
-def split_query(raw: str) -> tuple[list[tuple[str, str]], list[service.CriterionCondition]]:
+def split_query(raw: str) -> tuple[list[tuple[str, str]], list[CriterionCondition]]:
     """The query string's pairs, and its criteria conditions: `criteria.<name>.score<0.5` is no key=value
     pair (`<=` would even split at its `=`), so those are read from the raw query string."""
     pairs: list[tuple[str, str]] = []
@@ -107,14 +108,14 @@ def split_query(raw: str) -> tuple[list[tuple[str, str]], list[service.Criterion
             continue
         text = unquote_plus(part)
         if text.startswith("criteria."):
-            conditions.append(service.parse_criterion_condition(text))
+            conditions.append(parse_criterion_condition(text))
         else:
             pairs.extend(parse_qsl(part, keep_blank_values=True))
     return pairs, conditions
 
 
 def parse_list_query(
-    items: Sequence[tuple[str, str]], criteria: Sequence[service.CriterionCondition] = ()
+    items: Sequence[tuple[str, str]], criteria: Sequence[CriterionCondition] = ()
 ) -> service.ListQuery:
     """GET /logs's query parameters; an unknown or repeated one is a 400 rather than silently ignored."""
     given: dict[str, str] = {}
@@ -137,7 +138,7 @@ def parse_list_query(
             given[canonical] = value
     status = given.get("status_code")
     return service.ListQuery(
-        filter=service.LogFilter(
+        filter=LogFilter(
             model=given.get("model"),
             status_code=None if status is None else _int_param(status, "status_code", 0, 999),
             since=None if "from" not in given else parse_time(given["from"], "from"),
