@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from pipeserve.errors import PipeserveError
 from pipeserve.params import ChatParams
 from pipeserve.protocol import chat_completions as wire
@@ -154,9 +156,12 @@ class ChatCompletions:
         streamed: bool,
         cache_hit: bool = False,
     ) -> None:
-        payload = completion.model_dump(mode="json")
+        payload: Any
         if streamed and not request.params.include_usage:
+            payload = completion.model_dump(mode="json")
             payload["usage"] = None  # what the openai SDK assembles from chunks without a usage chunk
+        else:
+            payload = orjson.Fragment(completion.model_dump_json())  # stored as is: no dict round trip
         usage = completion.usage
         try:
             await self.recorder.record(

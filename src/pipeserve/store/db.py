@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -14,6 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same in every replica that may migrate at the same time.
 _MIGRATION_LOCK = 7_216_254_001
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# orjson for JSON columns: several times faster than the standard library on the logging path, and a value
+# that is already JSON can be stored as `orjson.Fragment(raw)` without being parsed and encoded again.
+_JSON: dict[str, Any] = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
 
 
 def now_ms() -> int:
@@ -32,10 +42,10 @@ class Database:
             path = url.split("///", 1)[1] if "///" in url else ""
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: AsyncEngine = create_async_engine(url)
+            self.engine: AsyncEngine = create_async_engine(url, **_JSON)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+            self.engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **_JSON)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision; replicas starting together take turns on PostgreSQL."""
