@@ -8,7 +8,7 @@ SmolLM2-135M-Instruct Q4_1 GGUF), each started alone on a free loopback port wit
 (16384 cells) and the same thread count (2):
 
 * ``pipeserve``        -- ``python -m pipeserve serve`` with a config of ``context_size = 16384``,
-  ``threads = 2`` (``max_sequences`` 32, ``batch_size`` 512 by default);
+  ``threads = 2`` (``max_sequences`` 16, so 16 KV streams of 1024 cells, ``batch_size`` 512 by default);
 * ``llama-server``     -- llama.cpp's C++ server, built once (see below) from the llama.cpp sources vendored in
   the llama-cpp-python sdist of the installed version, so the ggml kernels are the same as pipeserve's; run with
   ``-c 16384 -np 16 -t 2 -tb 2 --no-repack`` (continuous batching is on by default);
@@ -55,19 +55,24 @@ Run it from the repository root with the project's virtualenv active (llama-cpp-
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Run as `python bench/serving.py`, this directory comes first on sys.path, and bench/logging.py (the request
+# log benchmark) would shadow the standard library's `logging` that asyncio and httpx import: move it last.
+sys.path.sort(key=lambda entry: entry == os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import asyncio
 import importlib.metadata
 import itertools
 import json
-import os
 import platform
 import random
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -1005,7 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an extra line for pipeserve's [[models]] table, in TOML (e.g. prefix_cache_size=0); repeatable",
+        help="an extra line for pipeserve's [[models]] table, in TOML (e.g. prefill_chunk=512); repeatable",
     )
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the servers' logs here (default: temporary)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the results as JSON to this path")

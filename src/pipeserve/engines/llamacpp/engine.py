@@ -53,7 +53,7 @@ class LlamaCppEngine(Engine):
             path = options.resolved_path()
             model = LlamaModel(
                 path,
-                n_ctx=options.context_size,
+                n_ctx=options.total_cells,
                 n_seq_max=options.max_sequences,
                 n_batch=options.batch_size,
                 threads=options.threads or os.cpu_count() or 1,
@@ -67,7 +67,6 @@ class LlamaCppEngine(Engine):
                 n_slots=options.max_sequences,
                 batch_size=options.batch_size,
                 prefill_chunk=options.prefill_chunk,
-                cache_cells=options.prefix_cache_size,
                 max_waiting=self.max_waiting,
                 dispatch=self._dispatch,
             )
@@ -75,7 +74,13 @@ class LlamaCppEngine(Engine):
             ready.set_exception(exc)
             return
         self._model, self._scheduler = model, scheduler
-        log.info("%s: loaded %s (%d KV cells, %d sequences)", self.model_id, path, model.n_ctx, options.max_sequences)
+        log.info(
+            "%s: loaded %s (%d sequences of %d KV cells each)",
+            self.model_id,
+            path,
+            options.max_sequences,
+            model.n_ctx_seq,
+        )
         ready.set_result(None)
         try:
             scheduler.run()
@@ -92,7 +97,7 @@ class LlamaCppEngine(Engine):
     @property
     def context_window(self) -> int:
         model = self._require_model()
-        return min(model.n_ctx_train or model.n_ctx, model.n_ctx)
+        return min(model.n_ctx_train or model.n_ctx_seq, model.n_ctx_seq)
 
     async def generate(self, params: ChatParams) -> Generation:
         scheduler = self._scheduler
@@ -129,12 +134,26 @@ class LlamaCppEngine(Engine):
         prompt = len(job.prompt)
         if job.schema is not None:
             self._prepare_constraint(job, params)
+        sequences = self.options.max_sequences
+        if params.n > sequences:
+            raise InvalidRequestError(
+                f"This model decodes at most {sequences} sequences at once, so n may be at most {sequences} "
+                f"(got {params.n}). Lower n, or raise the model's max_sequences.",
+                param="n",
+            )
+        # Each choice decodes in its own KV stream of `window` cells, which must hold prompt and completion.
+        hint = ""
+        if window < model.n_ctx_train or not model.n_ctx_train:  # the server's configuration is the limit
+            hint = (
+                f" (Each sequence gets {window} of this server's {model.n_ctx} KV cells: its operator can raise "
+                "the model's context_size or lower its max_sequences.)"
+            )
         if params.max_tokens is None:
-            job.max_tokens = min(window, model.n_ctx // params.n) - prompt
+            job.max_tokens = window - prompt
             if job.max_tokens < 1:
                 raise ContextLengthExceededError(
                     f"This model's maximum context length is {window} tokens. However, your messages "
-                    f"resulted in {prompt} tokens. Please reduce the length of the messages.",
+                    f"resulted in {prompt} tokens. Please reduce the length of the messages.{hint}",
                     param="messages",
                 )
             return
@@ -142,15 +161,8 @@ class LlamaCppEngine(Engine):
             raise ContextLengthExceededError(
                 f"This model's maximum context length is {window} tokens. However, you requested "
                 f"{prompt + params.max_tokens} tokens ({prompt} in the messages, {params.max_tokens} in the "
-                "completion). Please reduce the length of the messages or completion.",
+                f"completion). Please reduce the length of the messages or completion.{hint}",
                 param="messages",
-            )
-        if params.n * (prompt + params.max_tokens) > model.n_ctx:
-            raise ContextLengthExceededError(
-                f"{params.n} choices of up to {prompt + params.max_tokens} tokens each do not fit in this "
-                f"model's KV cache of {model.n_ctx} tokens. Lower n or max_completion_tokens, or raise the "
-                "model's context_size.",
-                param="n",
             )
 
     def _prepare_constraint(self, job: Job, params: ChatParams) -> None:

@@ -22,7 +22,7 @@ _LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # GGML_LOG_LEVEL_WARN, _ER
 
 
 class LlamaModel:
-    """The model, its vocabulary and one context holding the KV cache of all sequences."""
+    """The model, its vocabulary and one context holding the KV cache of all sequences, one stream each."""
 
     def __init__(self, path: Path, *, n_ctx: int, n_seq_max: int, n_batch: int, threads: int) -> None:
         llama.llama_backend_init()
@@ -48,14 +48,17 @@ class LlamaModel:
         ctx_params.n_seq_max = n_seq_max
         ctx_params.n_threads = threads
         ctx_params.n_threads_batch = threads
-        # One stream for all sequences, so copying a shared prompt prefix between sequences is only a
-        # metadata update (no KV data is copied).
-        ctx_params.kv_unified = True
+        # One KV stream per sequence (llama-server's default): attention then spans only the sequence's own
+        # cells. In one unified stream it spans every occupied cell of all sequences: a step of 15 decoding
+        # sequences of ~500 tokens plus a 256-token prompt chunk took seconds instead of ~0.6 s (bench/NOTES.md).
+        # The price: sharing a prefix between sequences copies a whole stream (see `seq_copy`).
+        ctx_params.kv_unified = False
         self.ctx = llama.llama_init_from_model(self.model, ctx_params)
         if not self.ctx:
             llama.llama_model_free(self.model)
             raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} cells for {path}")
         self.n_ctx: int = llama.llama_n_ctx(self.ctx)
+        self.n_ctx_seq: int = llama.llama_n_ctx_seq(self.ctx)  # cells of each sequence's stream
         self.memory = llama.llama_get_memory(self.ctx)
         self.batch = llama.llama_batch_init(n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
@@ -137,7 +140,12 @@ class LlamaModel:
         return bool(llama.llama_memory_seq_rm(self.memory, seq, keep, -1))
 
     def seq_copy(self, src: int, dst: int, length: int) -> None:
-        llama.llama_memory_seq_cp(self.memory, src, dst, 0, length)
+        """Make `dst` hold the first `length` positions of `src`, replacing whatever it held.
+
+        Across streams llama.cpp copies only whole buffers (a partial range asserts), queued until the next
+        decode; so copy everything, then drop the tail."""
+        llama.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+        llama.llama_memory_seq_rm(self.memory, dst, length, -1)
 
     # --- decoding ----------------------------------------------------------------------------------------
     def decode(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -33,15 +33,25 @@ class LlamaCppOptions(BaseModel):
     context_size: int = Field(
         default=16384,
         ge=256,
-        description="KV cache cells shared by all running sequences and the prefix cache. One request "
-        "may use at most min(this, the model's training context).",
+        description="KV cache cells in all. Each of the `max_sequences` sequences has its own stream of "
+        "context_size / max_sequences cells (its window): the most tokens, prompt plus completion, that one "
+        "choice of a request may use (also capped by the model's training context). Longer requests get a "
+        "400 `context_length_exceeded`.",
     )
     max_sequences: int = Field(
-        default=32,
-        ge=16,
+        default=16,
+        ge=1,
         le=256,
-        description="Sequences decoded together; each choice of a running request takes one, and idle "
-        "ones keep their KV entries as a prefix cache.",
+        description="Sequences decoded together, each in its own KV stream; each choice of a running request "
+        "takes one. An idle stream keeps its finished sequence as a prefix cache for the next request it "
+        "serves. More sequences make each window smaller.",
+    )
+    sequence_window: int | None = Field(
+        default=None,
+        ge=64,
+        description="KV cells of each sequence's stream, if set instead of `context_size`: the KV cache then "
+        "holds max_sequences * sequence_window cells. Decode steps attend only over each sequence's own "
+        "stream, so a large window costs memory, not speed.",
     )
     batch_size: int = Field(
         default=512,
@@ -54,18 +64,50 @@ class LlamaCppOptions(BaseModel):
         description="Most prompt tokens prefilled in one step while other sequences are decoding, so that a "
         "long new prompt delays running streams by one short step at a time.",
     )
-    prefix_cache_size: int = Field(
-        default=2048,
+    prefix_cache_size: int | None = Field(
+        default=None,
         ge=0,
-        description="KV cells that finished sequences may keep as a prefix cache (least recently used "
-        "evicted first). Every decode step attends over the span of occupied cells, so a large cache "
-        "slows all running sequences.",
+        description="No longer used: each sequence has its own KV stream, and an idle stream keeps its "
+        "finished sequence as a prefix cache at no cost to the others. Accepted so that older configs load.",
     )
     threads: int | None = Field(default=None, ge=1, description="CPU threads for llama.cpp. Default: all cores.")
     chat_template: str | None = Field(
         default=None,
         description="Jinja chat template overriding the GGUF's own `tokenizer.chat_template`.",
     )
+
+    @model_validator(mode="after")
+    def _one_size(self) -> LlamaCppOptions:
+        if (
+            self.sequence_window is not None
+            and "context_size" in self.model_fields_set
+            and self.context_size != self.sequence_window * self.max_sequences
+        ):
+            raise ValueError(
+                f"context_size ({self.context_size}) and sequence_window ({self.sequence_window}) disagree: "
+                f"with {self.max_sequences} sequences the KV cache holds max_sequences * sequence_window "
+                "cells; set only one of the two"
+            )
+        if self.batch_size < self.max_sequences:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must hold one decode token of each of the "
+                f"{self.max_sequences} sequences; raise it to at least max_sequences"
+            )
+        if self.sequence_window is None and self.context_size < self.max_sequences * 64:
+            raise ValueError(
+                f"context_size ({self.context_size}) leaves each of the {self.max_sequences} sequences fewer "
+                "than 64 KV cells; raise context_size or lower max_sequences"
+            )
+        return self
+
+    @property
+    def window(self) -> int:
+        """KV cells of each sequence's stream."""
+        return self.sequence_window or self.context_size // self.max_sequences
+
+    @property
+    def total_cells(self) -> int:
+        return self.window * self.max_sequences
 
     def resolved_path(self) -> Path:
         if self.path is None:

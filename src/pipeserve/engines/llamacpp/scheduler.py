@@ -1,9 +1,10 @@
 """Continuous batching over one llama.cpp context, run by one dedicated engine thread.
 
-Each step decodes, in one `llama_decode`, the next token of every generating sequence plus chunks of
-waiting prompts. Requests are admitted between steps; a prompt prefix already in the KV cache (of a running
-sequence or of an idle one kept as prefix cache) is copied instead of computed; a cancelled request's
-sequences are removed before the next step.
+Each sequence (slot) has its own KV stream of `window` cells. Each step decodes, in one `llama_decode`, the
+next token of every generating sequence plus chunks of waiting prompts. Requests are admitted between steps;
+a prompt prefix already in the KV cache (of a running sequence, or of an idle one whose stream still holds
+its finished sequence) is reused or copied instead of computed; a cancelled request's sequences are removed
+before the next step.
 """
 
 from __future__ import annotations
@@ -43,14 +44,13 @@ class Scheduler:
         max_waiting: int,
         dispatch: Dispatch,
         prefill_chunk: int | None = None,
-        cache_cells: int | None = None,
     ) -> None:
         self.model = model
         self.guides = GuideCompiler(model)
         self.slots = [Slot(seq) for seq in range(n_slots)]
         self.batch_size = batch_size
         self.prefill_chunk = prefill_chunk or batch_size
-        self.cache_cells = model.n_ctx if cache_cells is None else cache_cells
+        self.window = model.n_ctx_seq
         self.max_waiting = max_waiting
         self.dispatch = dispatch
         self.waiting: deque[Job] = deque()
@@ -175,27 +175,15 @@ class Scheduler:
                 source, shared = None, 0
             else:
                 leader = None
-            by_age = sorted(free, key=lambda slot: (bool(slot.tokens), slot.last_used))
+            # Empty streams first, then the least recently used cached one; ties to low ids, because llama.cpp
+            # splits a step into one sub-batch per run of consecutive sequence ids.
+            by_age = sorted(free, key=lambda slot: (bool(slot.tokens), slot.last_used, slot.seq))
             host = source if source is not None and source.job is None else by_age[0]
-            siblings = [slot for slot in by_age if slot is not host and slot is not source][: job.n - 1]
-            # Evict idle cached sequences, least recently used first, until the job's worst case fits.
-            taken = {id(host), *(id(slot) for slot in siblings)}
-            evictable = [slot for slot in by_age if slot.tokens and id(slot) not in taken]
-            evictable.sort(key=lambda slot: slot.last_used)
-            while self._committed(taken) + job.footprint > self.model.n_ctx:
-                if not evictable:
-                    return  # wait for running jobs to finish
-                evictable.pop(0).clear(self.model)
+            siblings = [slot for slot in by_age if slot is not host][: job.n - 1]
             self.waiting.popleft()
             self._place(job, host, source, shared, siblings)
             if leader is not None:
                 job.follow = (leader, planned)
-
-    def _committed(self, excluded: set[int]) -> int:
-        """Upper bound of the KV cells held by admitted jobs and by the prefix cache outside `excluded`."""
-        busy = sum(job.footprint for job in (*self.prefilling, *self.running))
-        cached = sum(len(slot.tokens) for slot in self.slots if slot.job is None and id(slot) not in excluded)
-        return busy + cached
 
     def _best_planned(self, prompt: list[int]) -> tuple[Job | None, int]:
         """The prefilling job whose prompt shares the longest prefix with `prompt` (KV not computed yet)."""
@@ -242,13 +230,12 @@ class Scheduler:
                 host.clear(model)
                 shared = 0
             host.tokens = host.tokens[:shared]
+        elif source is not None and shared > 0:
+            model.seq_copy(source.seq, host.seq, shared)
+            host.tokens = job.prompt[:shared]
         else:
             host.clear(model)
-            if source is not None and shared > 0:
-                model.seq_copy(source.seq, host.seq, shared)
-                host.tokens = job.prompt[:shared]
-            else:
-                shared = 0
+            shared = 0
         for sibling in siblings:
             sibling.clear(model)
         job.cached_tokens = shared
@@ -271,16 +258,17 @@ class Scheduler:
 
     # --- one step ------------------------------------------------------------------------------------
     def _step(self) -> None:
-        batch = self.model.batch
-        count = 0
-        decoding: list[tuple[Slot, int]] = []
+        # seq -> (tokens, first position, whether the last one needs logits); each sequence is either
+        # decoding one token or prefilling one chunk.
+        work: dict[int, tuple[list[int], int, bool]] = {}
+        decoding: list[Slot] = []
         for job in self.running:
             for slot in job.slots:
                 if slot.job is job and slot.pending is not None:
-                    self._put(batch, count, slot.pending, len(slot.tokens), slot.seq, True)
-                    decoding.append((slot, count))
-                    count += 1
-        chunks: list[tuple[Job, list[int], int | None]] = []  # job, prompt chunk, logits row if it ends the prompt
+                    work[slot.seq] = ([slot.pending], len(slot.tokens), True)
+                    decoding.append(slot)
+        count = len(decoding)
+        chunks: list[tuple[Job, list[int], bool]] = []  # job, prompt chunk, whether it ends the prompt
         # While sequences decode, prompts advance by short chunks so that each step stays short for them.
         limit = self.batch_size if count == 0 else min(self.batch_size, count + self.prefill_chunk)
         for job in self.prefilling:
@@ -293,28 +281,38 @@ class Scheduler:
             start = len(host.tokens)
             chunk = job.prompt[start : start + budget]
             last = start + len(chunk) == len(job.prompt)
-            for offset, token in enumerate(chunk):
-                self._put(batch, count, token, start + offset, host.seq, last and offset == len(chunk) - 1)
-                count += 1
-            chunks.append((job, chunk, count - 1 if last else None))
-        batch.n_tokens = count
+            work[host.seq] = (chunk, start, last)
+            count += len(chunk)
+            chunks.append((job, chunk, last))
         if count == 0:
             return
+        # In sequence order: llama.cpp packs only runs of consecutive sequence ids into one sub-batch.
+        batch = self.model.batch
+        rows: dict[int, int] = {}
+        i = 0
+        for seq in sorted(work):
+            tokens, start, wants_logits = work[seq]
+            for offset, token in enumerate(tokens):
+                self._put(batch, i, token, start + offset, seq, wants_logits and offset == len(tokens) - 1)
+                i += 1
+            if wants_logits:
+                rows[seq] = i - 1
+        batch.n_tokens = count
         status = self.model.decode()
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
-        finishing: list[tuple[Job, int]] = []
-        for job, chunk, row in chunks:
+        finishing: list[Job] = []
+        for job, chunk, last in chunks:
             job.slots[0].tokens.extend(chunk)
-            if row is not None:
-                finishing.append((job, row))
+            if last:
+                finishing.append(job)
 
         outputs: dict[int, list[Delta]] = {}
-        for slot, row in decoding:
+        for slot in decoding:
             assert slot.pending is not None
             slot.tokens.append(slot.pending)
-            self._sample(slot, row, outputs)
-        for job, row in finishing:
+            self._sample(slot, rows[slot.seq], outputs)
+        for job in finishing:
             self.prefilling.remove(job)
             host = job.slots[0]
             for sibling in job.slots[1:]:
@@ -322,20 +320,8 @@ class Scheduler:
                 sibling.tokens = list(job.prompt)
             self.running.append(job)
             for slot in job.slots:
-                self._sample(slot, row, outputs)
+                self._sample(slot, rows[host.seq], outputs)
         self._deliver(outputs)
-        self._trim_cache()
-
-    def _trim_cache(self) -> None:
-        """Keep the prefix cache within its budget, evicting the least recently used first: llama.cpp's
-        attention spans every occupied cell, so idle cells cost every step."""
-        idle = [slot for slot in self.slots if slot.job is None and slot.tokens]
-        held = sum(len(slot.tokens) for slot in idle)
-        for slot in sorted(idle, key=lambda s: s.last_used):
-            if held <= self.cache_cells:
-                break
-            held -= len(slot.tokens)
-            slot.clear(self.model)
 
     @staticmethod
     def _put(batch: Any, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
@@ -374,7 +360,7 @@ class Scheduler:
                 if job.top_logprobs is not None:
                     logprobs = [model.logprobs(row, token, job.top_logprobs)]
                 slot.pending = token
-                if slot.generated >= job.max_tokens or len(slot.tokens) + 1 >= model.n_ctx:
+                if slot.generated >= job.max_tokens or len(slot.tokens) + 1 >= self.window:
                     text += slot.decoder.decode(b"", final=True)
                     finish = "length"
         outputs.setdefault(id(job), []).append(Delta(slot.choice, text, tokens, logprobs, finish))

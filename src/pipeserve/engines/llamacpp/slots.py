@@ -33,11 +33,6 @@ class Job:
     cancelled: bool = False
     failed: PipeserveError | None = None
 
-    @property
-    def footprint(self) -> int:
-        """An upper bound of the KV cells this job's sequences may hold (shared cells counted per holder)."""
-        return self.n * (len(self.prompt) + self.max_tokens)
-
 
 @dataclass(eq=False)
 class Slot:
