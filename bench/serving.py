@@ -988,6 +988,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated servers to run, in this order (default: {','.join(SERVERS)})",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: W1/W2 16 requests each, W3 5 requests")
+    parser.add_argument("--workloads", default="W1,W2,W3", help="comma-separated workloads to run (default: W1,W2,W3)")
     parser.add_argument(
         "--cache-dir",
         type=Path,
@@ -1031,7 +1032,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     gguf = embedded_gguf_path()
-    workloads = build_workloads(Tokenizer(gguf), quick=args.quick)
+    keys = {k.strip().upper() for k in args.workloads.split(",") if k.strip()}
+    workloads = [w for w in build_workloads(Tokenizer(gguf), quick=args.quick) if w.key in keys]
+    if not workloads:
+        parser.error(f"--workloads: none of {sorted(keys)} is W1, W2 or W3")
     for w in workloads:
         print(f"{w.key} {w.name}: prompt text {min(w.prompt_tokens)}-{max(w.prompt_tokens)} tokens", flush=True)
     specs = server_specs(gguf, llama_server, args.pipeserve_option)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -16,12 +17,15 @@ from pipeserve.engines.llamacpp.model import LlamaModel
 from pipeserve.engines.llamacpp.options import LlamaCppOptions
 from pipeserve.engines.llamacpp.scheduler import Scheduler
 from pipeserve.engines.llamacpp.slots import Job
-from pipeserve.errors import ContextLengthExceededError, EngineUnavailableError, InvalidRequestError
+from pipeserve.errors import ContextLengthExceededError, EngineUnavailableError, InvalidRequestError, PipeserveError
 from pipeserve.params import ChatParams
 from pipeserve.settings import ModelConfig
 from pipeserve.templating import CHATML_TEMPLATE, ChatTemplate
 
 log = logging.getLogger("pipeserve.llamacpp")
+
+# One request's share of a step, for the event loop: generation, deltas, cached tokens, done, failure.
+Outgoing = tuple[Generation, list[Delta], int, bool, PipeserveError | None]
 
 
 class LlamaCppEngine(Engine):
@@ -37,6 +41,7 @@ class LlamaCppEngine(Engine):
         self._template: ChatTemplate | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._outbox: list[Outgoing] = []  # what the current step dispatched, sent in one hop by `_flush`
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -69,6 +74,7 @@ class LlamaCppEngine(Engine):
                 prefill_chunk=options.prefill_chunk,
                 max_waiting=self.max_waiting,
                 dispatch=self._dispatch,
+                flush=self._flush,
             )
         except Exception as exc:
             ready.set_exception(exc)
@@ -188,16 +194,31 @@ class LlamaCppEngine(Engine):
                 )
 
     def _dispatch(self, job: Job, deltas: list[Delta], done: bool) -> None:
-        """On the engine thread: hand a step's deltas to the request's generation on the event loop."""
+        """On the engine thread: queue a step's deltas for the request's generation (sent by `_flush`)."""
         generation = job.dispatch_to
-        assert isinstance(generation, Generation) and self._loop is not None
-        try:
-            if job.failed is not None:
-                self._loop.call_soon_threadsafe(generation.fail, job.failed)
+        assert isinstance(generation, Generation)
+        self._outbox.append((generation, deltas, job.cached_tokens, done, job.failed))
+
+    def _flush(self) -> None:
+        """On the engine thread: hand what a step dispatched, for every request, to the event loop in one hop.
+
+        One `call_soon_threadsafe` per step rather than per request: each call writes to the loop's self-pipe,
+        and a woken loop contends with this thread for the GIL while it sets up the next step."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the event loop is closed: the server is gone
+            self._loop.call_soon_threadsafe(self._deliver, outbox)
+
+    @staticmethod
+    def _deliver(outbox: list[Outgoing]) -> None:
+        """On the event loop: feed each generation its deltas, or its failure."""
+        for generation, deltas, cached_tokens, done, failed in outbox:
+            if failed is not None:
+                generation.fail(failed)
             else:
-                self._loop.call_soon_threadsafe(generation.push, deltas, job.cached_tokens, done)
-        except RuntimeError:  # the event loop is closed: the server is gone
-            pass
+                generation.push(deltas, cached_tokens, done)
 
     def stats(self) -> EngineStats:
         if self._scheduler is None:

@@ -21,14 +21,22 @@ log = logging.getLogger("pipeserve.llamacpp")
 _LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # GGML_LOG_LEVEL_WARN, _ERROR
 
 
+def _on_log(level: int, text: bytes, _user: Any) -> None:
+    if level in _LOG_LEVELS and text:
+        log.log(_LOG_LEVELS[level], text.decode(errors="replace").rstrip())
+
+
+# Module-level: llama.cpp keeps calling the last callback set for as long as the process lives, so it must
+# outlive any one model (a per-instance callback freed with its closed model crashed the next model load).
+_LOG_CALLBACK = llama.llama_log_callback(_on_log)
+
+
 class LlamaModel:
     """The model, its vocabulary and one context holding the KV cache of all sequences, one stream each."""
 
     def __init__(self, path: Path, *, n_ctx: int, n_seq_max: int, n_batch: int, threads: int) -> None:
         llama.llama_backend_init()
-        # Keep a reference: llama.cpp calls back into this for as long as the process lives.
-        self._log_callback = llama.llama_log_callback(self._on_log)
-        llama.llama_log_set(self._log_callback, ctypes.c_void_p(0))
+        llama.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
 
         model_params = llama.llama_model_default_params()
         # ggml's AMX/repacked weight buffers crash on first decode on CPUs that advertise AMX under some
@@ -64,11 +72,6 @@ class LlamaModel:
         self._pieces: dict[int, bytes] = {}
         self._special_pieces: dict[int, bytes] = {}
         self._piece_buffer = ctypes.create_string_buffer(256)
-
-    @staticmethod
-    def _on_log(level: int, text: bytes, _user: Any) -> None:
-        if level in _LOG_LEVELS and text:
-            log.log(_LOG_LEVELS[level], text.decode(errors="replace").rstrip())
 
     def close(self) -> None:
         llama.llama_batch_free(self.batch)

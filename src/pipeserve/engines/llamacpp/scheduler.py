@@ -28,6 +28,11 @@ log = logging.getLogger("pipeserve.llamacpp")
 
 Dispatch = Callable[["Job", list[Delta], bool], None]
 
+
+def _no_flush() -> None:
+    pass
+
+
 # A job waits for a prompt being prefilled only when that saves at least this many tokens of prefill.
 _FOLLOW_GAIN = 16
 
@@ -44,6 +49,7 @@ class Scheduler:
         max_waiting: int,
         dispatch: Dispatch,
         prefill_chunk: int | None = None,
+        flush: Callable[[], None] = _no_flush,
     ) -> None:
         self.model = model
         self.guides = GuideCompiler(model)
@@ -52,7 +58,8 @@ class Scheduler:
         self.prefill_chunk = prefill_chunk or batch_size
         self.window = model.n_ctx_seq
         self.max_waiting = max_waiting
-        self.dispatch = dispatch
+        self.dispatch = dispatch  # per job and step; `flush` then sends what a step dispatched
+        self.flush = flush
         self.waiting: deque[Job] = deque()
         self.prefilling: list[Job] = []  # admitted, prompt not yet fully decoded
         self.running: list[Job] = []
@@ -74,8 +81,10 @@ class Scheduler:
                 except Exception as exc:  # a failed decode must not take the engine thread down
                     log.exception("engine step failed")
                     self._fail_all(EngineError(f"the engine failed while generating: {exc}"))
+            self.flush()
             self._update_snapshot()
         self._fail_all(EngineError("the server is shutting down"))
+        self.flush()
 
     def _drain_inbox(self, *, block: bool) -> None:
         try:
@@ -219,7 +228,10 @@ class Scheduler:
         for slot in self.slots:
             if slot.tokens:
                 length = common_prefix(slot.tokens, prompt)
-                if length > best_len:
+                # On a tie an idle stream wins: the request then runs in it, with no stream copy.
+                if length > best_len or (
+                    length == best_len and length and best is not None and best.job is not None and slot.job is None
+                ):
                     best, best_len = slot, length
         return best, best_len
 
