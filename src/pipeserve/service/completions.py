@@ -16,7 +16,7 @@ from pipeserve.service.cache import OFF, CacheMode, ResponseCache, cache_key, ca
 from pipeserve.service.chat import SSE_DONE, ChatService, sse
 from pipeserve.service.criteria import Criterion
 from pipeserve.service.edge import to_params
-from pipeserve.service.grading import Grader, Grades, requested_criteria
+from pipeserve.service.grading import Grader, judgement_rows, requested_criteria
 from pipeserve.service.recording import Call, Recorder, header_flag, parse_tags, should_log
 from pipeserve.validation import validate
 
@@ -42,7 +42,7 @@ class ChatCompletions:
         chat: ChatService,
         recorder: Recorder,
         cache: ResponseCache,
-        grader: Grader | None,
+        grader: Grader,
         log_by_default: bool,
     ) -> None:
         self.chat = chat
@@ -75,8 +75,8 @@ class ChatCompletions:
             await self._record_error(call, error)
             raise
         await self._cache_put(request, completion)
-        completion, grades = await self._grade(request, completion, best_first=True)
-        await self._record(request, completion, grades, streamed=False)
+        completion = await self._grade(request, completion, best_first=True)
+        await self._record(request, completion, streamed=False)
         return completion
 
     async def _understand(self, body: dict[str, Any], headers: Mapping[str, str], call: Call) -> _Request:
@@ -86,23 +86,22 @@ class ChatCompletions:
         if request.mode.active:
             request.cache_key = cache_key(body, request.model_id)
         refs = requested_criteria(headers)
-        if refs and self.grader is not None:
+        if refs:
             request.criteria = tuple(await self.grader.resolve(call.project, refs))
         return request
 
     async def _grade(
         self, request: _Request, completion: wire.ChatCompletion, *, best_first: bool
-    ) -> tuple[wire.ChatCompletion, Grades | None]:
-        if not request.criteria or self.grader is None:
-            return completion, None
+    ) -> wire.ChatCompletion:
+        if not request.criteria:
+            return completion
         grades = await self.grader.grade(list(request.criteria), request.body, completion)
-        return grades.apply(completion, best_first=best_first), grades
+        return grades.apply(completion, best_first=best_first)
 
     def _stream_grade(self, request: _Request) -> Any:
         async def grade(completion: wire.ChatCompletion) -> wire.ChatCompletion:
             # A stream's choices are already out under their indices: results come without reordering.
-            judged, _ = await self._grade(request, completion, best_first=False)
-            return judged
+            return await self._grade(request, completion, best_first=False)
 
         return grade
 
@@ -112,15 +111,15 @@ class ChatCompletions:
         request.call.mark_first_token()
         params = request.params
         if not params.stream:
-            completion, grades = await self._grade(request, completion, best_first=True)
-            await self._record(request, completion, grades, streamed=False, cache_hit=True)
+            completion = await self._grade(request, completion, best_first=True)
+            await self._record(request, completion, streamed=False, cache_hit=True)
             return completion
 
         async def chunks() -> AsyncIterator[bytes]:
-            judged, grades = await self._grade(request, completion, best_first=False)
-            for chunk in replay(judged, params.include_usage, criteria=grades is not None):
+            judged = await self._grade(request, completion, best_first=False)
+            for chunk in replay(judged, params.include_usage, criteria=bool(request.criteria)):
                 yield sse(chunk.model_dump_json().encode())
-            await self._record(request, judged, grades, streamed=True, cache_hit=True)
+            await self._record(request, judged, streamed=True, cache_hit=True)
             yield SSE_DONE
 
         return chunks()
@@ -129,8 +128,7 @@ class ChatCompletions:
         async def on_end(completion: wire.ChatCompletion | None, error: PipeserveError | None) -> None:
             if completion is not None:
                 await self._cache_put(request, _unjudged(completion))
-                grades = Grades(list(request.criteria), {}) if request.criteria else None
-                await self._record(request, completion, grades, streamed=True)
+                await self._record(request, completion, streamed=True)
             elif error is not None:
                 await self._record_error(request.call, error)
 
@@ -151,7 +149,6 @@ class ChatCompletions:
         self,
         request: _Request,
         completion: wire.ChatCompletion,
-        grades: Grades | None,
         *,
         streamed: bool,
         cache_hit: bool = False,
@@ -172,7 +169,7 @@ class ChatCompletions:
                 model=completion.model,
                 usage=(usage.prompt_tokens, usage.completion_tokens),
                 completion_id=completion.id,
-                judgements=grades.judgements(completion) if grades is not None else None,
+                judgements=judgement_rows(completion, request.criteria) if request.criteria else None,
             )
         except Exception:  # the client still gets its answer; the failure is in the server's log
             log.exception("could not log a chat completion")

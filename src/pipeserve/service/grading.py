@@ -8,7 +8,7 @@ score over the requested criteria (an error counts as 0), best first, and renumb
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,27 +76,6 @@ class Grades:
         usage = completion.usage.model_copy(update={"criteria": self.usage()})
         return completion.model_copy(update={"choices": choices, "usage": usage})
 
-    def judgements(self, completion: wire.ChatCompletion) -> list[dict[str, Any]]:
-        """`log_criteria` rows for a completion that `apply` returned (its indices are the final ones)."""
-        versions = {criterion.name: criterion.version for criterion in self.criteria}
-        rows = []
-        for choice in completion.choices:
-            for name, result in choice.criteria_results.items():
-                success = isinstance(result, wire.CriterionSuccess)
-                rows.append(
-                    {
-                        "choice_index": choice.index,
-                        "name": name,
-                        "version": versions[name],
-                        "status": result.status,
-                        "score": result.score if isinstance(result, wire.CriterionSuccess) else None,
-                        "explanation": result.explanation if isinstance(result, wire.CriterionSuccess) else None,
-                        "error_code": None if success else result.errorCode,  # type: ignore[union-attr]
-                        "error_message": None if success else result.errorMessage,  # type: ignore[union-attr]
-                    }
-                )
-        return rows
-
 
 class Grader:
     def __init__(self, criteria: CriteriaService, judge: Judge) -> None:
@@ -121,6 +100,30 @@ class Grader:
         for (index, criterion, _), verdict in zip(work, verdicts, strict=True):
             out[index][criterion.name] = verdict
         return Grades(criteria=criteria, verdicts=out)
+
+
+def judgement_rows(completion: wire.ChatCompletion, criteria: Sequence[Criterion]) -> list[dict[str, Any]]:
+    """`log_criteria` rows for a judged completion, under its final (Best-of-N) indices."""
+    versions = {criterion.name: criterion.version for criterion in criteria}
+    rows = []
+    for choice in completion.choices:
+        for name, result in choice.criteria_results.items():
+            row: dict[str, Any] = {
+                "choice_index": choice.index,
+                "name": name,
+                "version": versions[name],
+                "status": result.status,
+                "score": None,
+                "explanation": None,
+                "error_code": None,
+                "error_message": None,
+            }
+            if isinstance(result, wire.CriterionSuccess):
+                row |= {"score": result.score, "explanation": result.explanation}
+            else:
+                row |= {"error_code": result.errorCode, "error_message": result.errorMessage}
+            rows.append(row)
+    return rows
 
 
 def _result(verdict: Verdict) -> wire.CriterionResult:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,6 +18,7 @@ from pipeserve.protocol.criteria import (
 )
 from pipeserve.server.auth import Authenticated
 from pipeserve.server.body import parse_body
+from pipeserve.server.responses import json_response
 from pipeserve.service.criteria import CriteriaService
 from pipeserve.service.judge import Judge, align, judge_input, judge_output
 
@@ -35,20 +35,16 @@ def _judge(request: Request) -> Judge:
     return judge
 
 
-def _json(model: BaseModel, status_code: int = 200) -> Response:
-    return Response(model.model_dump_json(), media_type="application/json", status_code=status_code)
-
-
 @router.get("/criteria")
 async def list_criteria(request: Request, principal: Authenticated) -> Response:
     found = await _criteria(request).list_latest(principal.project)
-    return _json(CriterionList(data=[c.to_wire() for c in found]))
+    return json_response(CriterionList(data=[c.to_wire() for c in found]))
 
 
 @router.post("/criteria")
 async def create_criterion(request: Request, principal: Authenticated) -> Response:
     body = await parse_body(request, CreateCriterionRequest)
-    return _json((await _criteria(request).create(principal.project, body)).to_wire())
+    return json_response((await _criteria(request).create(principal.project, body)).to_wire())
 
 
 @router.post("/criteria/judge")
@@ -67,35 +63,35 @@ async def judge(request: Request, principal: Authenticated) -> Response:
         prompt_tokens=verdict.prompt_tokens,
         completion_tokens=verdict.completion_tokens,
     )
-    return _json(
+    return json_response(
         JudgeResponse(score=verdict.score, explanation=verdict.explanation, usage=usage, criterion=criterion.ref)
     )
 
 
 @router.get("/criteria/{name}")
 async def get_criterion(name: str, request: Request, principal: Authenticated) -> Response:
-    return _json((await _criteria(request).get(principal.project, name)).to_wire())
+    return json_response((await _criteria(request).get(principal.project, name)).to_wire())
 
 
 @router.get("/criteria/{name}/versions")
 async def list_versions(name: str, request: Request, principal: Authenticated) -> Response:
     versions = await _criteria(request).versions(principal.project, name)
-    return _json(CriterionList(data=[c.to_wire() for c in versions]))
+    return json_response(CriterionList(data=[c.to_wire() for c in versions]))
 
 
 @router.post("/criteria/{name}/versions")
 async def new_version(name: str, request: Request, principal: Authenticated) -> Response:
     body = await parse_body(request, NewCriterionVersionRequest)
-    return _json((await _criteria(request).new_version(principal.project, name, body)).to_wire())
+    return json_response((await _criteria(request).new_version(principal.project, name, body)).to_wire())
 
 
 @router.delete("/criteria/{name}")
 async def delete_criterion(name: str, request: Request, principal: Authenticated) -> Response:
-    return _json(await _criteria(request).delete(principal.project, name))
+    return json_response(await _criteria(request).delete(principal.project, name))
 
 
 @router.post("/criteria/{name}/alignment")
 async def alignment(name: str, request: Request, principal: Authenticated) -> Response:
     body = await parse_body(request, AlignmentRequest)
     criterion = await _criteria(request).get(principal.project, name)
-    return _json(await align(_judge(request), criterion, body))
+    return json_response(await align(_judge(request), criterion, body))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -13,6 +12,7 @@ from pipeserve.errors import InvalidRequestError
 from pipeserve.protocol.datasets import CreateDatasetEntriesRequest, CreateDatasetRequest, LogFilter
 from pipeserve.server.auth import Authenticated
 from pipeserve.server.body import parse_body
+from pipeserve.server.responses import json_response
 from pipeserve.service.datasets import DatasetService
 
 router = APIRouter()
@@ -20,10 +20,6 @@ router = APIRouter()
 
 def _service(request: Request) -> DatasetService:
     return DatasetService(request.app.state.db)
-
-
-def _json(model: BaseModel) -> Response:
-    return Response(model.model_dump_json(), media_type="application/json")
 
 
 def _query_choice(request: Request, name: str, choices: tuple[str, ...], default: str | None) -> Any:
@@ -49,42 +45,44 @@ def _query_int(request: Request, name: str, default: int) -> int:
 
 @router.get("/datasets")
 async def list_datasets(request: Request, principal: Authenticated) -> Response:
-    return _json(await _service(request).list_datasets(principal.project))
+    return json_response(await _service(request).list_datasets(principal.project))
 
 
 @router.post("/datasets")
 async def create_dataset(request: Request, principal: Authenticated) -> Response:
     body = await parse_body(request, CreateDatasetRequest)
-    return _json(await _service(request).create_dataset(principal.project, body))
+    return json_response(await _service(request).create_dataset(principal.project, body))
 
 
 @router.get("/datasets/{dataset_id}")
 async def get_dataset(dataset_id: str, request: Request, principal: Authenticated) -> Response:
-    return _json(await _service(request).get_dataset(principal.project, dataset_id))
+    return json_response(await _service(request).get_dataset(principal.project, dataset_id))
 
 
 @router.delete("/datasets/{dataset_id}")
 async def delete_dataset(dataset_id: str, request: Request, principal: Authenticated) -> Response:
-    return _json(await _service(request).delete_dataset(principal.project, dataset_id))
+    return json_response(await _service(request).delete_dataset(principal.project, dataset_id))
 
 
 @router.post("/datasets/{dataset_id}/entries")
 async def create_entries(dataset_id: str, request: Request, principal: Authenticated) -> Response:
     body = await parse_body(request, CreateDatasetEntriesRequest)
-    return _json(await _service(request).add_entries(principal.project, dataset_id, body))
+    return json_response(await _service(request).add_entries(principal.project, dataset_id, body))
 
 
 @router.get("/datasets/{dataset_id}/entries")
 async def list_entries(dataset_id: str, request: Request, principal: Authenticated) -> Response:
     limit = _query_int(request, "limit", 100)
     cursor = request.query_params.get("cursor") or None
-    return _json(await _service(request).list_entries(principal.project, dataset_id, limit=limit, cursor=cursor))
+    return json_response(
+        await _service(request).list_entries(principal.project, dataset_id, limit=limit, cursor=cursor)
+    )
 
 
 @router.post("/datasets/{dataset_id}/entries/from-logs")
 async def create_entries_from_logs(dataset_id: str, request: Request, principal: Authenticated) -> Response:
     body = await parse_body(request, LogFilter)
-    return _json(await _service(request).add_entries_from_logs(principal.project, dataset_id, body))
+    return json_response(await _service(request).add_entries_from_logs(principal.project, dataset_id, body))
 
 
 @router.get("/datasets/{dataset_id}/export")

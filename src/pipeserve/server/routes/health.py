@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pipeserve.protocol.health import Health, ModelHealth
+from pipeserve.server.responses import json_response
 from pipeserve.service.models import ModelRegistry
 
 router = APIRouter()
@@ -28,7 +29,7 @@ async def health(request: Request) -> Response:
                 kv_cells_total=stats.kv_cells_total,
             )
         )
-    return Response(Health(models=models).model_dump_json(), media_type="application/json")
+    return json_response(Health(models=models))
 
 
 @router.get("/metrics")

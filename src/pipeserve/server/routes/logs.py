@@ -5,41 +5,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 from urllib.parse import parse_qsl, unquote_plus
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel
+from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
 from pipeserve.errors import InvalidRequestError, NotFoundError
 from pipeserve.protocol import logs as wire
-from pipeserve.server.auth import Authenticated, require_key
+from pipeserve.server.auth import Authenticated
 from pipeserve.server.body import parse_body
+from pipeserve.server.responses import json_response
 from pipeserve.service import logs as service
 from pipeserve.service.log_filters import CriterionCondition, LogFilter, parse_criterion_condition, update_clauses
 from pipeserve.service.recording import tag_value
 from pipeserve.service.values import check_text, parse_time
 from pipeserve.store.db import Database
 
-router = APIRouter(dependencies=[Depends(require_key)])
-
-
-def _json(model: BaseModel | None, *, by_alias: bool = False) -> Response:
-    body = "null" if model is None else model.model_dump_json(by_alias=by_alias)
-    return Response(body, media_type="application/json")
+router = APIRouter()
 
 
 @router.post("/report")
 async def report(request: Request, principal: Authenticated) -> Response:
     body = await parse_body(request, wire.ReportRequest)
     await service.report(request.app.state.recorder, principal.project, principal.key_id, body)
-    return _json(wire.ReportResponse())
+    return json_response(wire.ReportResponse())
 
 
 @router.post("/report-anthropic")
 async def report_anthropic(request: Request, principal: Authenticated) -> Response:
     body = await parse_body(request, wire.ReportAnthropicRequest)
     await service.report_anthropic(request.app.state.recorder, principal.project, principal.key_id, body)
-    return _json(wire.ReportResponse())
+    return json_response(wire.ReportResponse())
 
 
 @router.post("/logs/update-metadata")
@@ -48,7 +43,7 @@ async def update_metadata(request: Request, principal: Authenticated) -> Respons
     db: Database = request.app.state.db
     where = update_clauses(body.filters, sqlite=db.is_sqlite)
     matched = await service.update_metadata(db, principal.project, where, body.metadata)
-    return _json(wire.UpdateResponse(matched_logs=matched), by_alias=True)
+    return json_response(wire.UpdateResponse(matched_logs=matched), by_alias=True)
 
 
 @router.post("/logs/update-tags")
@@ -59,13 +54,13 @@ async def update_tags(request: Request, principal: Authenticated) -> Response:
     where = update_clauses(body.filters, sqlite=db.is_sqlite)
     changes = {key: tag_value(value) for key, value in body.tags.items()}
     matched = await service.update_metadata(db, principal.project, where, changes, tags_too=True)
-    return _json(wire.UpdateResponse(matched_logs=matched), by_alias=True)
+    return json_response(wire.UpdateResponse(matched_logs=matched), by_alias=True)
 
 
 @router.get("/local-testing-only-get-latest-logged-call")
 async def latest_logged_call(request: Request, principal: Authenticated) -> Response:
     latest = await service.latest_logged_call(request.app.state.db, principal.project)
-    return _json(latest, by_alias=True)
+    return json_response(latest, by_alias=True)
 
 
 # --- GET /logs's query string ----------------------------------------------------------------------------
@@ -167,7 +162,7 @@ def _int_param(text: str, param: str, low: int, high: int) -> int:
 async def list_logs(request: Request, principal: Authenticated) -> Response:
     query = parse_list_query(*split_query(request.url.query))
     page = await service.list_logs(request.app.state.db, principal.project, query)
-    return _json(wire.LogList(data=page.data, has_more=page.has_more, next_cursor=page.next_cursor))
+    return json_response(wire.LogList(data=page.data, has_more=page.has_more, next_cursor=page.next_cursor))
 
 
 @router.get("/logs/{log_id}")
@@ -178,4 +173,4 @@ async def get_log(log_id: str, request: Request, principal: Authenticated) -> Re
             f"No log with id '{log_id}' in this project. GET /v1/logs lists the logs this key can read.",
             param="log_id",
         )
-    return _json(log)
+    return json_response(log)

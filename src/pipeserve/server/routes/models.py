@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from pipeserve.protocol.models import ModelCard, ModelList
 from pipeserve.server.auth import require_key
+from pipeserve.server.responses import json_response
 from pipeserve.service.models import ModelRegistry, ServedModel
 
 router = APIRouter(dependencies=[Depends(require_key)])
@@ -26,10 +27,10 @@ def _card(served: ServedModel) -> ModelCard:
 @router.get("/models")
 async def list_models(request: Request) -> Response:
     registry: ModelRegistry = request.app.state.models
-    return Response(ModelList(data=[_card(m) for m in registry]).model_dump_json(), media_type="application/json")
+    return json_response(ModelList(data=[_card(m) for m in registry]))
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> Response:
     registry: ModelRegistry = request.app.state.models
-    return Response(_card(registry.resolve(model_id)).model_dump_json(), media_type="application/json")
+    return json_response(_card(registry.resolve(model_id)))
