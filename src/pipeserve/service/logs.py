@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from pipeserve.errors import InvalidRequestError
 from pipeserve.protocol import logs as wire
 from pipeserve.service.log_filters import LogFilter
-from pipeserve.service.recording import Call, Recorder, tag_value
+from pipeserve.service.recording import Call, Recorder, stringify_tags
 from pipeserve.service.values import check_text, iso
 from pipeserve.store.db import Database, now_ms
 from pipeserve.store.tables import logs
@@ -194,15 +194,6 @@ def _merged(db: Database, column: Any, changes: Mapping[str, str | None]) -> Any
 # --- reports of calls made elsewhere -------------------------------------------------------------------------
 
 
-def _stringified(tags: Mapping[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in tags.items():
-        text = tag_value(value)
-        if text is not None:
-            out[key] = text
-    return out
-
-
 def _request_metadata(payload: Any) -> dict[str, str]:
     """An OpenAI request's own `metadata` (string pairs), which OpenPipe merges over the report's tags."""
     raw = payload.get("metadata") if isinstance(payload, dict) else None
@@ -286,7 +277,7 @@ async def _record(
 
 async def report(recorder: Recorder, project: str, key_id: str | None, body: wire.ReportRequest) -> None:
     """Log a call made to an OpenAI-compatible API: metadata is the tags overlaid by reqPayload.metadata."""
-    tags = _stringified(body.tags)
+    tags = stringify_tags(body.tags)
     metadata = {**tags, **_request_metadata(body.req_payload)}
     requested_at, received_at = _times(body.requested_at, body.received_at)
     call = Call(
@@ -307,7 +298,7 @@ async def report_anthropic(
 ) -> None:
     """Log a call made to Anthropic: metadata is the tags overlaid by the report's `metadata` (Anthropic's
     own request `metadata` is its `user_id`, not ours)."""
-    tags = _stringified(body.tags)
+    tags = stringify_tags(body.tags)
     requested_at, received_at = _times(body.requested_at, body.received_at)
     call = Call(
         project=project,

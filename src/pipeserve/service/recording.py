@@ -68,6 +68,11 @@ def parse_tags(headers: Mapping[str, str]) -> dict[str, str]:
         raise InvalidRequestError(
             'The header \'op-tags\' must be a JSON object such as {"prompt_id": "greeting"}.', param="op-tags"
         )
+    return stringify_tags(tags)
+
+
+def stringify_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    """Tags as the metadata they become: values as strings, `null` ones dropped."""
     out: dict[str, str] = {}
     for key, value in tags.items():
         text = tag_value(value)
