@@ -8,32 +8,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeserve.store.db import Database, new_id
-from pipeserve.store.tables import logs
+from pipeserve.store.db import Database
 from tests.conftest import clean_env
-
-T0 = 1_700_000_000_000
+from tests.service.test_logs import T0
+from tests.service.test_logs import insert as insert_log
 
 
 async def insert(db: Database, project: str, **extra: Any) -> str:
-    row = {
-        "id": new_id("log"),
-        "project": project,
-        "source": "chat",
-        "model": "m1",
-        "requested_at": T0,
-        "status_code": 200,
-        "cache_hit": False,
-        "meta": {},
-        "tags": {},
-        "prompt_tokens": 12,
-        "completion_tokens": 3,
-        "req_payload": {"model": "m1", "messages": [{"role": "user", "content": "Hi"}]},
-        "resp_payload": {"choices": [{"message": {"role": "assistant", "content": "Hello\nthere, friend"}}]},
-    } | extra
-    async with db.begin() as conn:
-        await conn.execute(logs.insert(), [row])
-    return str(row["id"])
+    """A log as the service tests insert it, with usage and an answer to preview."""
+    answer = {"choices": [{"message": {"role": "assistant", "content": "Hello\nthere, friend"}}]}
+    defaults: dict[str, Any] = {"prompt_tokens": 12, "completion_tokens": 3, "resp_payload": answer}
+    return await insert_log(db, project, **(defaults | extra))
 
 
 def cli(db: Database, project: str, *args: str) -> subprocess.CompletedProcess[str]:
