@@ -246,13 +246,14 @@ class CriteriaService:
         for _ in range(_WRITE_TRIES):
             try:
                 async with self.db.begin() as conn:
-                    if await self._latest(conn, project, request.name) is not None:
+                    latest, version = await self._head(conn, project, request.name)
+                    if latest is not None:
                         raise CriterionExistsError(
                             f"A criterion named '{request.name}' already exists in this project. Create a new "
                             f"version with POST /v1/criteria/{request.name}/versions, or delete it first.",
                             param="name",
                         )
-                    return await self._insert(conn, project, request.name, spec)
+                    return await self._insert(conn, project, request.name, spec, version)
             except IntegrityError:
                 continue  # another writer took the number; look again
         raise _busy(request.name)
@@ -266,7 +267,7 @@ class CriteriaService:
         for _ in range(_WRITE_TRIES):
             try:
                 async with self.db.begin() as conn:
-                    latest = await self._latest(conn, project, name)
+                    latest, version = await self._head(conn, project, name)
                     if latest is None:
                         raise _not_found(name, "name")
                     settings = None
@@ -283,7 +284,7 @@ class CriteriaService:
                             f"Nothing changed: {latest.ref} already has these fields. A new version must "
                             "differ from the latest one.",
                         )
-                    return await self._insert(conn, project, name, spec)
+                    return await self._insert(conn, project, name, spec, version)
             except IntegrityError:
                 continue
         raise _busy(name)
@@ -294,7 +295,7 @@ class CriteriaService:
         if parsed is None or parsed[1] is not None:
             raise _not_found(name, "name")  # versions are deleted together: `name@v2` names no criterion
         async with self.db.begin() as conn:
-            latest = await self._latest(conn, project, name)
+            latest, _ = await self._head(conn, project, name)
             if latest is None:
                 raise _not_found(name, "name")
             await conn.execute(
@@ -313,9 +314,9 @@ class CriteriaService:
             for _ in range(_WRITE_TRIES):
                 try:
                     async with self.db.begin() as conn:
-                        latest = await self._latest(conn, project, name)
+                        latest, version = await self._head(conn, project, name)
                         if latest is None or _normalized(latest) != spec:
-                            written.append(await self._insert(conn, project, name, spec))
+                            written.append(await self._insert(conn, project, name, spec, version))
                     break
                 except IntegrityError:
                     continue  # another replica wrote it meanwhile: compare again
@@ -345,36 +346,41 @@ class CriteriaService:
         return spec
 
     @staticmethod
-    async def _latest(conn: AsyncConnection, project: str, name: str) -> Criterion | None:
+    async def _head(conn: AsyncConnection, project: str, name: str) -> tuple[Criterion | None, int]:
+        """The latest live version (None when there is none) and the number the next version gets.
+
+        Both come from one statement: under PostgreSQL's READ COMMITTED a second statement would see a
+        version that a concurrent writer committed after the first, so two writers could both find no
+        criterion and then insert different numbers. From one snapshot they insert the same number and
+        the unique constraint turns the loser into a retry that sees the winner."""
         if has_nul(name):
-            return None
+            return None, 1
         row = (
             await conn.execute(
                 select(criteria)
-                .where(criteria.c.project == project, criteria.c.name == name, criteria.c.deleted_at.is_(None))
+                .where(criteria.c.project == project, criteria.c.name == name)
                 .order_by(criteria.c.version.desc())
                 .limit(1)
             )
         ).first()
-        return _criterion(row) if row is not None else None
+        if row is None:
+            return None, 1
+        # Versions are deleted together, so when the newest row is deleted every older one is too.
+        top = _criterion(row)
+        return (top if row.deleted_at is None else None), top.version + 1
 
     @staticmethod
-    async def _insert(conn: AsyncConnection, project: str, name: str, spec: CriterionSpec) -> Criterion:
+    async def _insert(conn: AsyncConnection, project: str, name: str, spec: CriterionSpec, version: int) -> Criterion:
         if not _NAME.match(name):
             raise InvalidRequestError(
                 f"Invalid criterion name {name!r}: use a-z, A-Z, 0-9, underscores and dashes, at most 64.",
                 param="name",
             )
-        last = (
-            await conn.execute(
-                select(func.max(criteria.c.version)).where(criteria.c.project == project, criteria.c.name == name)
-            )
-        ).scalar()
         criterion = Criterion(
             id=new_id("crit"),
             project=project,
             name=name,
-            version=(last or 0) + 1,
+            version=version,
             description=spec.description,
             instructions=spec.instructions,
             judge_model=spec.judge_model,
