@@ -44,8 +44,8 @@ extracted and ``vendor/llama.cpp`` is configured with CMake (Release, native CPU
 OpenSSL) and only the ``llama-server`` target is built (several minutes on 2 cores). Skipped when
 ``<cache>/build-<version>/bin/llama-server`` exists.
 
-Run it from the repository root with the project's virtualenv active (llama-cpp-python's server also needs
-``pip install sse-starlette starlette-context``)::
+Run it from the repository root with the project's virtualenv active, installed with the ``bench`` extra
+(``pip install -e '.[test,bench]'``: llama-cpp-python's server needs sse-starlette and starlette-context)::
 
     python bench/serving.py                      # all three servers, full counts (about 10 minutes)
     python bench/serving.py --quick --servers pipeserve,llama-server
@@ -465,8 +465,11 @@ def running_server(spec: ServerSpec, log_dir: Path) -> Iterator[Running]:
         deadline = started + STARTUP_TIMEOUT_S
         while True:
             if process.poll() is not None:
-                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-                raise RuntimeError(f"{spec.name} exited with {process.returncode}:\n{tail}")
+                lines = log_path.read_text(errors="replace").splitlines()
+                last = lines[-1] if lines else ""
+                hint = " (install the bench extra: pip install -e '.[test,bench]')" if "ModuleNotFound" in last else ""
+                tail = "\n".join(lines[-30:])
+                raise RuntimeError(f"{spec.name} exited with {process.returncode}: {last}{hint}\n{tail}")
             try:
                 if httpx.get(f"{url}{spec.health_path}", timeout=2).status_code == 200:
                     break
