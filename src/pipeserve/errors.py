@@ -84,3 +84,17 @@ class EngineUnavailableError(PipeserveError):
     status_code = 503
     error_type = "server_error"
     default_code = "engine_unavailable"
+
+
+class JudgeFailedError(PipeserveError):
+    """A criterion's judge could not give a verdict, on an endpoint whose answer is that verdict.
+
+    Its status is the judge's own failure: 4xx when the judge model refused the request (a prompt too long
+    for it, say), 500 otherwise."""
+
+    default_code = "judge_failed"
+
+    def __init__(self, message: str, *, status_code: int | None) -> None:
+        super().__init__(message)
+        self.status_code = status_code if status_code is not None and 400 <= status_code < 600 else 500
+        self.error_type = "invalid_request_error" if self.status_code < 500 else "server_error"

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pipeserve.errors import PipeserveError
+from pipeserve.errors import JudgeFailedError
 from pipeserve.protocol.criteria import (
     AlignmentRequest,
     CreateCriterionRequest,
@@ -54,10 +54,10 @@ async def judge(request: Request, principal: Authenticated) -> Response:
     verdict = await _judge(request).judge(criterion, judge_input(body.input), judge_output(body.output))
     if verdict.status != "success" or verdict.score is None:
         # This endpoint has no error entry: the judge's failure is the request's.
-        error = PipeserveError(verdict.error_message or "The judge failed.", code="judge_failed")
-        error.status_code = verdict.error_code if verdict.error_code and 400 <= verdict.error_code < 600 else 500
-        error.error_type = "invalid_request_error" if error.status_code < 500 else "server_error"
-        raise error
+        raise JudgeFailedError(
+            verdict.error_message or f"The judge of {criterion.ref} gave no verdict; retry, or check its judge model.",
+            status_code=verdict.error_code,
+        )
     usage = JudgeUsage(
         total_tokens=verdict.prompt_tokens + verdict.completion_tokens,
         prompt_tokens=verdict.prompt_tokens,
