@@ -6,8 +6,6 @@ as forbidden, so that ids do not leak across projects.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,10 +31,9 @@ from pipeserve.protocol.datasets import (
     LogFilter,
     Split,
 )
-from pipeserve.protocol.logs import MAX_TIME_MS
 from pipeserve.service.dataset_entries import entry_from_log, entry_values, export_line
 from pipeserve.service.recording import tag_value
-from pipeserve.service.values import check_text, has_nul, iso, parse_time
+from pipeserve.service.values import check_text, decode_cursor, encode_cursor, has_nul, iso, parse_time
 from pipeserve.store.db import Database, new_id, now_ms
 from pipeserve.store.tables import dataset_entries, datasets, logs
 
@@ -85,23 +82,6 @@ def _entry(row: Row[Any]) -> DatasetEntry:
         metadata=row.meta,
         log_id=row.log_id,
     )
-
-
-def _encode_cursor(row: Row[Any]) -> str:
-    return base64.urlsafe_b64encode(f"{row.created_at}:{row.id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        created, _, entry_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        position = int(created), entry_id
-    except (binascii.Error, UnicodeError, ValueError):
-        position = None
-    if position is None or not 0 <= position[0] <= MAX_TIME_MS or has_nul(entry_id):
-        raise InvalidRequestError(
-            "Invalid 'cursor': pass the 'next_cursor' of the previous page unchanged.", param="cursor"
-        )
-    return position
 
 
 def _after(created_col: Any, id_col: Any, created: int, row_id: str) -> ColumnElement[bool]:
@@ -234,7 +214,7 @@ class DatasetService:
             raise InvalidRequestError(f"'limit' must be between 1 and {MAX_ENTRIES_PAGE}.", param="limit")
         query = select(dataset_entries).where(dataset_entries.c.dataset_id == dataset_id)
         if cursor is not None:
-            query = query.where(_after(dataset_entries.c.created_at, dataset_entries.c.id, *_decode_cursor(cursor)))
+            query = query.where(_after(dataset_entries.c.created_at, dataset_entries.c.id, *decode_cursor(cursor)))
         query = query.order_by(dataset_entries.c.created_at, dataset_entries.c.id).limit(limit + 1)
         async with self.db.connect() as conn:
             await self._require(conn, project, dataset_id)
@@ -244,7 +224,7 @@ class DatasetService:
         return DatasetEntryList(
             data=[_entry(row) for row in rows],
             has_more=more,
-            next_cursor=_encode_cursor(rows[-1]) if more else None,
+            next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more else None,
         )
 
     async def export(

@@ -7,7 +7,6 @@ selects is `log_filters`.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from pipeserve.errors import InvalidRequestError
 from pipeserve.protocol import logs as wire
 from pipeserve.service.log_filters import LogFilter
 from pipeserve.service.recording import Call, Recorder, stringify_tags
-from pipeserve.service.values import check_text, iso
+from pipeserve.service.values import check_text, decode_cursor, encode_cursor, iso
 from pipeserve.store.db import Database, now_ms
 from pipeserve.store.tables import logs
 
@@ -51,22 +50,6 @@ class Page:
     @property
     def has_more(self) -> bool:
         return self.next_cursor is not None
-
-
-def encode_cursor(requested_at: int, log_id: str) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([requested_at, log_id])).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        requested_at, log_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if isinstance(requested_at, int) and 0 <= requested_at <= wire.MAX_TIME_MS and isinstance(log_id, str):
-            return requested_at, log_id
-    except (ValueError, TypeError):
-        pass
-    raise InvalidRequestError(
-        "Invalid value for 'cursor': pass the next_cursor of a previous page unchanged.", param="cursor"
-    )
 
 
 async def list_logs(db: Database, project: str, query: ListQuery) -> Page:

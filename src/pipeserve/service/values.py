@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,3 +58,22 @@ def check_text(value: Any, param: str) -> None:
             "Remove it and send again.",
             param=param,
         )
+
+
+def encode_cursor(created: int, row_id: str) -> str:
+    """A keyset cursor: the (time, id) of a page's last row, opaque to clients."""
+    return base64.urlsafe_b64encode(f"{created}:{row_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """The (time, id) of an `encode_cursor` cursor; a 400 for anything a client made up or changed."""
+    try:
+        created, _, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+        position = int(created), row_id
+    except (binascii.Error, UnicodeError, ValueError):
+        position = None
+    if position is None or not 0 <= position[0] <= MAX_TIME_MS or has_nul(row_id):
+        raise InvalidRequestError(
+            "Invalid value for 'cursor': pass the next_cursor of a previous page unchanged.", param="cursor"
+        )
+    return position
