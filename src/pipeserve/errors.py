@@ -86,6 +86,14 @@ class EngineUnavailableError(PipeserveError):
     default_code = "engine_unavailable"
 
 
+class StoreUnavailableError(PipeserveError):
+    """The database holding logs, datasets and criteria can't be reached right now; retry later."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "store_unavailable"
+
+
 class JudgeFailedError(PipeserveError):
     """A criterion's judge could not give a verdict, on an endpoint whose answer is that verdict.
 
