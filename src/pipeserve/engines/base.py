@@ -54,8 +54,9 @@ class Capabilities:
 class EngineStats:
     running_sequences: int
     waiting_requests: int
-    kv_cells_used: int
+    kv_cells_used: int  # held by running sequences
     kv_cells_total: int
+    kv_cells_cached: int = 0  # held by finished sequences, kept as a prefix cache; free for the taking
 
 
 _END = object()
@@ -141,3 +142,8 @@ class Engine(ABC):
 
     @abstractmethod
     def stats(self) -> EngineStats: ...
+
+    def problem(self) -> str | None:
+        """Why the engine can't serve right now (stopped, restarting, stalled), or None when it can.
+        Requests then get a 503 and `/health` answers 503 naming it."""
+        return None

@@ -9,12 +9,17 @@ from pydantic import BaseModel
 
 class ModelHealth(BaseModel):
     id: str
+    state: Literal["ready", "unavailable"]
+    problem: str | None  # why the model can't serve now: its engine stopped, is restarting or stalled
     running_sequences: int
     waiting_requests: int
-    kv_cells_used: int
+    kv_cells_used: int  # held by running sequences
+    kv_cells_cached: int  # kept from finished sequences as a prefix cache, free for the taking
     kv_cells_total: int
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    # ok: everything serves. unavailable (HTTP 503): a model can't serve, so a load balancer should look
+    # elsewhere.
+    status: Literal["ok", "unavailable"]
     models: list[ModelHealth]

@@ -7,8 +7,8 @@ import logging
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 
 from pipeserve.errors import (
     InvalidRequestError,
@@ -47,6 +47,10 @@ def install_error_handlers(app: FastAPI) -> None:
         param = param_path(tuple(first.get("loc", ())))
         return render(InvalidRequestError(f"Invalid value for '{param}': {first.get('msg')}", param=param))
 
+    async def on_client_disconnect(_: Request, exc: Exception) -> Response:
+        # The client left while its request body was being read: nobody is there to read an answer.
+        return Response(status_code=499)
+
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return render(PipeserveError("The server had an error while processing your request. It is logged."))
@@ -54,4 +58,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PipeserveError, on_pipeserve_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ClientDisconnect, on_client_disconnect)
     app.add_exception_handler(Exception, on_unexpected)

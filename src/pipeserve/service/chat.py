@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -34,6 +34,28 @@ StreamGrade = Callable[[wire.ChatCompletion], Awaitable[wire.ChatCompletion]]
 
 def sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
+
+
+def _nothing() -> None:
+    pass
+
+
+class EventStream:
+    """An SSE byte stream that stops its generation however it ends: read to the end, abandoned midway, or
+    never read at all (a generator that never started runs no `finally`, so `aclose` releases explicitly)."""
+
+    def __init__(self, chunks: AsyncGenerator[bytes, None], release: Callable[[], None] = _nothing) -> None:
+        self._chunks = chunks
+        self._release = release
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        try:
+            await self._chunks.aclose()
+        finally:
+            self._release()
 
 
 def _wire_logprobs(entries: list[TokenLogprob]) -> list[wire.TokenLogprob]:
@@ -186,12 +208,14 @@ class ChatService:
         call: Call | None = None,
         on_end: StreamEnd | None = None,
         grade: StreamGrade | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> EventStream:
         """Start the generation (errors raise before the first byte), then return the SSE byte stream."""
         run = await self._start(params, call)
-        return self._stream(run, on_end, grade)
+        return EventStream(self._stream(run, on_end, grade), run.generation.cancel)
 
-    async def _stream(self, run: _Run, on_end: StreamEnd | None, grade: StreamGrade | None) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, run: _Run, on_end: StreamEnd | None, grade: StreamGrade | None
+    ) -> AsyncGenerator[bytes, None]:
         shapers = [StreamShaper(run.params) for _ in run.choices]
         try:
             try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ from pipeserve.errors import PipeserveError
 from pipeserve.params import ChatParams
 from pipeserve.protocol import chat_completions as wire
 from pipeserve.service.cache import OFF, CacheMode, ResponseCache, cache_key, cache_mode, replay
-from pipeserve.service.chat import SSE_DONE, ChatService, sse
+from pipeserve.service.chat import SSE_DONE, ChatService, EventStream, sse
 from pipeserve.service.criteria import Criterion
 from pipeserve.service.edge import to_params
 from pipeserve.service.grading import Grader, judgement_rows, requested_criteria
@@ -53,7 +53,7 @@ class ChatCompletions:
 
     async def handle(
         self, body: dict[str, Any], headers: Mapping[str, str], project: str, key_id: str | None
-    ) -> wire.ChatCompletion | AsyncIterator[bytes]:
+    ) -> wire.ChatCompletion | EventStream:
         store = body.get("store")
         call = Call(project=project, key_id=key_id, source="chat", req_payload=body)
         try:
@@ -107,7 +107,7 @@ class ChatCompletions:
 
     async def _from_cache(
         self, request: _Request, completion: wire.ChatCompletion
-    ) -> wire.ChatCompletion | AsyncIterator[bytes]:
+    ) -> wire.ChatCompletion | EventStream:
         request.call.mark_first_token()
         params = request.params
         if not params.stream:
@@ -115,14 +115,14 @@ class ChatCompletions:
             await self._record(request, completion, streamed=False, cache_hit=True)
             return completion
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncGenerator[bytes, None]:
             judged = await self._grade(request, completion, best_first=False)
             for chunk in replay(judged, params.include_usage, criteria=bool(request.criteria)):
                 yield sse(chunk.model_dump_json().encode())
             await self._record(request, judged, streamed=True, cache_hit=True)
             yield SSE_DONE
 
-        return chunks()
+        return EventStream(chunks())
 
     def _on_stream_end(self, request: _Request) -> Any:
         async def on_end(completion: wire.ChatCompletion | None, error: PipeserveError | None) -> None:

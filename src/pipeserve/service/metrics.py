@@ -89,7 +89,8 @@ class _EngineCollector(Collector):
             stats = served.engine.stats()
             running.add_metric([model], stats.running_sequences)
             queued.add_metric([model], stats.waiting_requests)
-            kv.add_metric([model], stats.kv_cells_used / stats.kv_cells_total if stats.kv_cells_total else 0)
+            occupied = stats.kv_cells_used + stats.kv_cells_cached
+            kv.add_metric([model], occupied / stats.kv_cells_total if stats.kv_cells_total else 0)
             prompt, cached = self.prompt_totals.get(model, [0, 0])
             hits.add_metric([model], cached / prompt if prompt else 0)
         yield from (running, queued, kv, hits)

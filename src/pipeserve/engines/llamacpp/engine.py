@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from concurrent.futures import Future
 
 from pydantic import ValidationError
@@ -17,7 +18,12 @@ from pipeserve.engines.llamacpp.model import LlamaModel
 from pipeserve.engines.llamacpp.options import LlamaCppOptions
 from pipeserve.engines.llamacpp.scheduler import Scheduler
 from pipeserve.engines.llamacpp.slots import Job
-from pipeserve.errors import ContextLengthExceededError, EngineUnavailableError, InvalidRequestError, PipeserveError
+from pipeserve.errors import (
+    ContextLengthExceededError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    PipeserveError,
+)
 from pipeserve.params import ChatParams
 from pipeserve.settings import ModelConfig
 from pipeserve.templating import CHATML_TEMPLATE, ChatTemplate
@@ -26,6 +32,12 @@ log = logging.getLogger("pipeserve.llamacpp")
 
 # One request's share of a step, for the event loop: generation, deltas, cached tokens, done, failure.
 Outgoing = tuple[Generation, list[Delta], int, bool, PipeserveError | None]
+
+_RELOAD_PAUSE = 5.0  # seconds between attempts to reload a model after a crash
+_CLOSE_WAIT = 30.0  # seconds to wait for the engine thread at shutdown
+# An engine that has not begun a step for this long is reported as stalled: an idle loop turns every second,
+# and a busy step takes well under a second.
+_STALL_AFTER = 60.0
 
 
 class LlamaCppEngine(Engine):
@@ -41,7 +53,9 @@ class LlamaCppEngine(Engine):
         self._template: ChatTemplate | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._outbox: list[Outgoing] = []  # what the current step dispatched, sent in one hop by `_flush`
+        self._outbox: list[Outgoing] = []
+        self._problem: str | None = None  # why the engine can't serve right now (restarting after a crash)
+        self.restarts = 0  # what the current step dispatched, sent in one hop by `_flush`
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -52,17 +66,47 @@ class LlamaCppEngine(Engine):
         await asyncio.wrap_future(ready)
 
     def _run(self, ready: Future[None]) -> None:
-        """The engine thread: every call into llama.cpp happens here."""
+        """The engine thread: every call into llama.cpp happens here. A loop that ends by anything but a
+        stop (a crash the scheduler could not absorb) fails its requests and starts over on a fresh model."""
+        while True:
+            try:
+                model, scheduler = self._load()
+            except Exception as exc:
+                if not ready.done():
+                    ready.set_exception(exc)
+                    return
+                log.critical("%s: could not reload the model: %s; retrying", self.model_id, exc)
+                self._problem = f"the engine is restarting and could not reload the model: {exc}"
+                time.sleep(_RELOAD_PAUSE)
+                continue
+            self._model, self._scheduler, self._problem = model, scheduler, None
+            if not ready.done():
+                ready.set_result(None)
+            try:
+                scheduler.run()
+                return  # stopped on request
+            except BaseException as exc:
+                self._problem = f"the engine stopped on an error and is restarting: {exc!r}"
+                self._scheduler = None  # new requests get a 503 until the engine is back
+                log.critical("%s: the engine loop stopped; restarting it", self.model_id, exc_info=exc)
+                self.restarts += 1
+                gone = EngineUnavailableError(f"The model {self.model_id} failed and is restarting; retry.")
+                with contextlib.suppress(Exception):
+                    scheduler.abandon(gone)
+            finally:
+                model.close()
+
+    def _load(self) -> tuple[LlamaModel, Scheduler]:
         options = self.options
+        path = options.resolved_path()
+        model = LlamaModel(
+            path,
+            n_ctx=options.total_cells,
+            n_seq_max=options.max_sequences,
+            n_batch=options.batch_size,
+            threads=options.threads or os.cpu_count() or 1,
+        )
         try:
-            path = options.resolved_path()
-            model = LlamaModel(
-                path,
-                n_ctx=options.total_cells,
-                n_seq_max=options.max_sequences,
-                n_batch=options.batch_size,
-                threads=options.threads or os.cpu_count() or 1,
-            )
             source = options.chat_template or model.meta("tokenizer.chat_template") or CHATML_TEMPLATE
             self._template = ChatTemplate(
                 source, bos_token=model.token_text(model.bos), eos_token=model.token_text(model.eos)
@@ -76,10 +120,9 @@ class LlamaCppEngine(Engine):
                 dispatch=self._dispatch,
                 flush=self._flush,
             )
-        except Exception as exc:
-            ready.set_exception(exc)
-            return
-        self._model, self._scheduler = model, scheduler
+        except BaseException:
+            model.close()
+            raise
         log.info(
             "%s: loaded %s (%d sequences of %d KV cells each)",
             self.model_id,
@@ -87,17 +130,27 @@ class LlamaCppEngine(Engine):
             options.max_sequences,
             model.n_ctx_seq,
         )
-        ready.set_result(None)
-        try:
-            scheduler.run()
-        finally:
-            model.close()
+        return model, scheduler
 
     async def close(self) -> None:
-        if self._scheduler is not None and self._thread is not None:
-            self._scheduler.inbox.put(("stop", None))
-            await asyncio.to_thread(self._thread.join)
+        scheduler, thread = self._scheduler, self._thread
+        if scheduler is not None and thread is not None:
+            scheduler.inbox.put(("stop", None))
+            # A wedged thread (stuck inside llama.cpp) must not hold the process: it is a daemon thread.
+            await asyncio.to_thread(thread.join, _CLOSE_WAIT)
         self._scheduler = None
+
+    def problem(self) -> str | None:
+        if self._thread is not None and not self._thread.is_alive() and self._scheduler is not None:
+            return "the engine thread has stopped"
+        if self._problem is not None:
+            return self._problem
+        scheduler = self._scheduler
+        if scheduler is not None:
+            stalled = time.monotonic() - scheduler.heartbeat
+            if stalled > _STALL_AFTER:
+                return f"the engine has not completed a step for {stalled:.0f} s"
+        return None
 
     # --- requests -------------------------------------------------------------------------------------------
     @property
@@ -107,8 +160,12 @@ class LlamaCppEngine(Engine):
 
     async def generate(self, params: ChatParams) -> Generation:
         scheduler = self._scheduler
-        if scheduler is None or self._template is None:
-            raise EngineUnavailableError(f"the model {self.model_id} is not running")
+        problem = self.problem()
+        if scheduler is None or self._template is None or problem is not None:
+            raise EngineUnavailableError(
+                f"The model {self.model_id} can't serve right now ({problem or 'it is not running'}). "
+                "Retry in a moment; GET /health shows when it is back."
+            )
         prompt_text = self._template.render(params.messages, params.tools)
         if params.sampling.logit_bias:
             self._check_logit_bias(params)
@@ -127,7 +184,13 @@ class LlamaCppEngine(Engine):
         job.dispatch_to = generation
         accepted: Future[None] = Future()
         scheduler.inbox.put(("submit", (job, lambda j: self._prepare(j, prompt_text, params), accepted)))
-        await asyncio.wrap_future(accepted)
+        try:
+            await asyncio.wrap_future(accepted)
+        except asyncio.CancelledError:
+            # The client left while the engine was accepting the request. If it was accepted meanwhile, nobody
+            # would read or stop it: tell the engine to drop it (the inbox keeps order, so it follows the submit).
+            generation.cancel()
+            raise
         generation.prompt_tokens = len(job.prompt)
         return generation
 

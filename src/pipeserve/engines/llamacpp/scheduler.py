@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import logging
 import queue
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -65,26 +66,31 @@ class Scheduler:
         self.running: list[Job] = []
         self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.stopping = False
+        self.heartbeat = time.monotonic()  # when the loop last began a turn; a stalled engine shows in /health
         self.snapshot = EngineStats(0, 0, 0, model.n_ctx)
 
     # --- the loop ------------------------------------------------------------------------------------
     def run(self) -> None:
         while not self.stopping:
-            idle = not (self.waiting or self.prefilling or self.running)
-            self._drain_inbox(block=idle)
-            if self.stopping:
-                break
-            self._admit()
-            if self.prefilling or self.running:
-                try:
-                    self._step()
-                except Exception as exc:  # a failed decode must not take the engine thread down
-                    log.exception("engine step failed")
-                    self._fail_all(EngineError(f"the engine failed while generating: {exc}"))
+            self.heartbeat = time.monotonic()
+            try:
+                self._turn()
+            except Exception as exc:  # whatever one request or one bug does, the engine thread carries on
+                log.exception("engine step failed")
+                self._fail_all(EngineError(f"the engine failed while generating: {exc}"), forget_cache=True)
             self.flush()
             self._update_snapshot()
         self._fail_all(EngineError("the server is shutting down"))
         self.flush()
+
+    def _turn(self) -> None:
+        idle = not (self.waiting or self.prefilling or self.running)
+        self._drain_inbox(block=idle)
+        if self.stopping:
+            return
+        self._admit()
+        if self.prefilling or self.running:
+            self._step()
 
     def _drain_inbox(self, *, block: bool) -> None:
         try:
@@ -105,6 +111,10 @@ class Scheduler:
 
     def _submit(self, job: Job, prepare: Callable[[Job], None], accepted: Future[None]) -> None:
         """Tokenize and check a new request here, on the engine thread, then queue it."""
+        if not accepted.set_running_or_notify_cancel():
+            # The client gave up while the request waited to be accepted; from here on the future can't be
+            # cancelled, so setting its result below is safe.
+            return
         try:
             prepare(job)
         except PipeserveError as error:
@@ -149,7 +159,9 @@ class Scheduler:
         if job in self.running:
             self.running.remove(job)
 
-    def _fail_all(self, error: PipeserveError) -> None:
+    def _fail_all(self, error: PipeserveError, *, forget_cache: bool = False) -> None:
+        """End every request with `error`. After a failed step the KV cache may hold half-written entries,
+        so `forget_cache` empties idle streams too rather than reuse them as prefixes."""
         for job in [*self.waiting, *self.prefilling, *self.running]:
             for slot in job.slots:
                 if slot.job is job:
@@ -159,13 +171,34 @@ class Scheduler:
         self.waiting.clear()
         self.prefilling.clear()
         self.running.clear()
+        if forget_cache:
+            for slot in self.slots:
+                slot.clear(self.model)
+
+    def abandon(self, error: PipeserveError) -> None:
+        """After the loop itself crashed: fail what it held and what still waits in the inbox, so that no
+        client waits for an engine that is gone."""
+        self._fail_all(error)
+        while True:
+            try:
+                command, payload = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if command == "submit":
+                accepted: Future[None] = payload[2]
+                if accepted.set_running_or_notify_cancel():
+                    accepted.set_exception(error)
+        self.flush()
 
     def _update_snapshot(self) -> None:
+        held = sum(len(slot.tokens) for slot in self.slots if slot.job is not None)
+        cached = sum(len(slot.tokens) for slot in self.slots if slot.job is None)
         self.snapshot = EngineStats(
             running_sequences=sum(1 for slot in self.slots if slot.job is not None),
             waiting_requests=len(self.waiting),
-            kv_cells_used=min(sum(len(slot.tokens) for slot in self.slots), self.model.n_ctx),
+            kv_cells_used=held,
             kv_cells_total=self.model.n_ctx,
+            kv_cells_cached=cached,
         )
 
     # --- admission -------------------------------------------------------------------------------------

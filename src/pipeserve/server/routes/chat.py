@@ -3,22 +3,47 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from pipeserve.errors import PipeserveError
 from pipeserve.protocol.chat_completions import ChatCompletion
 from pipeserve.server.auth import Authenticated
 from pipeserve.server.body import read_json
+from pipeserve.service.chat import EventStream
 from pipeserve.service.completions import ChatCompletions
 from pipeserve.service.metrics import Metrics
 
 router = APIRouter()
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# nginx's code for "the client closed the connection": nobody reads it, the metrics count it.
+CLIENT_GONE = 499
+
+T = TypeVar("T")
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _EventStreamResponse(StreamingResponse):
+    """Server-sent events whose stream is closed (its sequences freed) however the response ends."""
+
+    def __init__(self, stream: EventStream) -> None:
+        super().__init__(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.stream.aclose()
 
 
 @router.post("/chat/completions")
@@ -37,10 +62,13 @@ async def chat_completions(request: Request, principal: Authenticated) -> Respon
         if isinstance(result, ChatCompletion):
             response: Response = Response(result.model_dump_json(), media_type="application/json")
         else:
-            response = StreamingResponse(result, media_type="text/event-stream", headers=SSE_HEADERS)
+            response = _EventStreamResponse(result)
     except PipeserveError as error:
         metrics.requests.labels(label, str(error.status_code)).inc()
         raise
+    except _ClientGone:
+        metrics.requests.labels(label, str(CLIENT_GONE)).inc()
+        return Response(status_code=CLIENT_GONE)
     metrics.requests.labels(label, "200").inc()
     return response
 
@@ -52,7 +80,7 @@ def _label(request: Request, model: str) -> str:
         return "unknown"
 
 
-async def _unless_disconnected(request: Request, work: Any) -> Any:
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Run `work`, cancelling it (and so freeing its sequences) if the client goes away first."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
@@ -62,7 +90,13 @@ async def _unless_disconnected(request: Request, work: Any) -> Any:
         watcher.cancel()
         if not task.done():
             task.cancel()
-    return await task
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the server itself is cancelling this request (shutting down)
+        raise _ClientGone from None
 
 
 async def _disconnected(request: Request) -> None:

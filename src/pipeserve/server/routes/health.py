@@ -20,16 +20,23 @@ async def health(request: Request) -> Response:
     models = []
     for served in registry:
         stats = served.engine.stats()
+        problem = served.engine.problem()
         models.append(
             ModelHealth(
                 id=served.config.id,
+                state="ready" if problem is None else "unavailable",
+                problem=problem,
                 running_sequences=stats.running_sequences,
                 waiting_requests=stats.waiting_requests,
                 kv_cells_used=stats.kv_cells_used,
+                kv_cells_cached=stats.kv_cells_cached,
                 kv_cells_total=stats.kv_cells_total,
             )
         )
-    return json_response(Health(models=models))
+    down = any(model.problem is not None for model in models)
+    return json_response(
+        Health(status="unavailable" if down else "ok", models=models), status_code=503 if down else 200
+    )
 
 
 @router.get("/metrics")
