@@ -31,8 +31,9 @@ _FLAG_FIELDS = (
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from pipeserve.errors import UnsafeBindError
     from pipeserve.keys import KeyStore
-    from pipeserve.server.app import UnsafeBindError, check_bind, create_app
+    from pipeserve.server.app import check_bind, create_app
 
     settings = load_settings(args, _FLAG_FIELDS)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,16 +1,42 @@
-"""The one exception hierarchy. Every error a client can see is a `PipeserveError`, rendered in OpenAI's shape."""
+"""The one exception hierarchy.
+
+Every error a client can see is a `PipeserveError`, rendered by `server/errors.py` in OpenAI's shape
+`{"error": {"message", "type", "param", "code"}}`. Its HTTP status and type belong to its class (never changed
+on an instance), so the class says what a client sees:
+
+    PipeserveError                      500 server_error
+    ├── InvalidRequestError             400 invalid_request_error
+    │   ├── UnsupportedParameterError       a field this server or model can't honour
+    │   ├── ContextLengthExceededError      prompt + completion beyond the model's context
+    │   └── JudgeRejectedError              the judge model refused the judge's request
+    ├── AuthenticationError             401
+    ├── NotFoundError                   404
+    │   └── ModelNotFoundError              OpenAI's wording, which clients match on
+    ├── MethodNotAllowedError           405
+    ├── ConflictError                   409
+    │   └── CriterionExistsError
+    ├── RequestTooLargeError            413
+    ├── RateLimitError                  429 rate_limit_error, with Retry-After
+    ├── EngineError                     500 the engine failed while generating
+    ├── JudgeFailedError                500 the judge gave no verdict
+    ├── EngineUnavailableError          503 a model can't serve now (restarting, stalled)
+    └── StoreUnavailableError           503 the database can't be reached now
+
+    StartupError                        not a client's error: the server refuses to start
+    └── UnsafeBindError
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class PipeserveError(Exception):
     """Base of every error rendered to clients as `{"error": {"message", "type", "param", "code"}}`."""
 
-    status_code = 500
-    error_type = "server_error"
-    default_code: str | None = None
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -36,6 +62,12 @@ class ContextLengthExceededError(InvalidRequestError):
     default_code = "context_length_exceeded"
 
 
+class JudgeRejectedError(InvalidRequestError):
+    """The judge model refused the judge's request (its prompt too long for it, say): nothing a retry fixes."""
+
+    default_code = "judge_failed"
+
+
 class AuthenticationError(PipeserveError):
     status_code = 401
     error_type = "invalid_request_error"
@@ -51,15 +83,30 @@ class ModelNotFoundError(NotFoundError):
     default_code = "model_not_found"
 
     def __init__(self, model: str) -> None:
-        super().__init__(
-            f"The model `{model}` does not exist. GET /v1/models lists the models this server serves.",
-            param="model",
-        )
+        # OpenAI's wording, which clients and SDK fallbacks match on; GET /v1/models lists what is served.
+        super().__init__(f"The model `{model}` does not exist or you do not have access to it.", param="model")
 
 
 class MethodNotAllowedError(PipeserveError):
     status_code = 405
     error_type = "invalid_request_error"
+
+
+class ConflictError(PipeserveError):
+    """409, as OpenAI answers a write that collides with an existing resource or a concurrent write."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+
+
+class CriterionExistsError(ConflictError):
+    default_code = "criterion_exists"
+
+
+class RequestTooLargeError(PipeserveError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
 
 
 class RateLimitError(PipeserveError):
@@ -75,14 +122,17 @@ class RateLimitError(PipeserveError):
 class EngineError(PipeserveError):
     """The engine failed while generating; not the client's fault."""
 
-    status_code = 500
-    error_type = "server_error"
     default_code = "engine_error"
+
+
+class JudgeFailedError(PipeserveError):
+    """A criterion's judge could not give a verdict, on an endpoint whose answer is that verdict."""
+
+    default_code = "judge_failed"
 
 
 class EngineUnavailableError(PipeserveError):
     status_code = 503
-    error_type = "server_error"
     default_code = "engine_unavailable"
 
 
@@ -90,19 +140,25 @@ class StoreUnavailableError(PipeserveError):
     """The database holding logs, datasets and criteria can't be reached right now; retry later."""
 
     status_code = 503
-    error_type = "server_error"
     default_code = "store_unavailable"
 
 
-class JudgeFailedError(PipeserveError):
-    """A criterion's judge could not give a verdict, on an endpoint whose answer is that verdict.
+def judge_failure(message: str, status_code: int | None) -> PipeserveError:
+    """The error of an endpoint whose answer is a judge's verdict, from the status of the judge's own failure:
+    a judge model that is busy or can't serve now stays a 429 or 503 (a retry may work), another refusal is a
+    400, anything else a 500."""
+    if status_code == 429:
+        return RateLimitError(message, retry_after=1)
+    if status_code == 503:
+        return EngineUnavailableError(message, code="judge_failed")
+    if status_code is not None and 400 <= status_code < 500:
+        return JudgeRejectedError(message)
+    return JudgeFailedError(message)
 
-    Its status is the judge's own failure: 4xx when the judge model refused the request (a prompt too long
-    for it, say), 500 otherwise."""
 
-    default_code = "judge_failed"
+class StartupError(Exception):
+    """The server refuses to start; printed on the terminal, never sent to a client."""
 
-    def __init__(self, message: str, *, status_code: int | None) -> None:
-        super().__init__(message)
-        self.status_code = status_code if status_code is not None and 400 <= status_code < 600 else 500
-        self.error_type = "invalid_request_error" if self.status_code < 500 else "server_error"
+
+class UnsafeBindError(StartupError):
+    pass

@@ -146,6 +146,50 @@ class Settings(BaseSettings):
         description="Requests a model may hold waiting for a free sequence; beyond it the answer is 429 "
         "with `Retry-After`.",
     )
+    # --- limits on what one request may ask; each beyond-limit request gets a 4xx that names the setting ---
+    max_request_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body in bytes; a larger one is refused with 413 while it is read (at once "
+        "when its Content-Length says so). 2 MiB holds a full context of text for any served model.",
+    )
+    max_json_depth: int = Field(
+        default=64,
+        ge=8,
+        le=200,
+        description="Deepest nesting of objects and arrays in a request body (also in `/report` payloads and "
+        "tool schemas); deeper bodies get a 400 before any work on them.",
+    )
+    max_messages: int = Field(
+        default=2048, ge=1, description="Most messages in one chat completion request (OpenAI's limit: 2048)."
+    )
+    max_tools: int = Field(
+        default=128,
+        ge=1,
+        description="Most `tools` (or legacy `functions`) in one request, and most tool calls in one assistant "
+        "message (OpenAI's limit: 128).",
+    )
+    max_stop_sequences: int = Field(default=4, ge=1, description="Most `stop` sequences (OpenAI's limit: 4).")
+    max_filters: int = Field(
+        default=64,
+        ge=1,
+        description="Most filters in one `/logs/update-metadata` or `/logs/update-tags` request, and most "
+        "query parameters (`metadata.<key>` and `criteria.<name>` conditions among them) of one `GET /logs`.",
+    )
+    max_metadata_keys: int = Field(
+        default=64,
+        ge=1,
+        description="Most keys of metadata or tags given at once: `op-tags`, `/report` tags and metadata, "
+        "`/logs/update-metadata` and `/logs/update-tags`. A chat completion's `metadata` keeps OpenAI's limit "
+        "of 16 pairs.",
+    )
+    engine_exit_after_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="A model's engine that has been unable to serve this long (stalled inside a step, or "
+        "failing to restart) makes the server exit with status 70, so that a supervisor starts it afresh. "
+        "0 never exits.",
+    )
     log_level: str = Field(default="info", description="Log level of the server (debug, info, warning, error).")
 
     @field_validator("models")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -9,9 +10,10 @@ import pytest
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from pipeserve.errors import InvalidRequestError
+from pipeserve.errors import InvalidRequestError, RequestTooLargeError
 from pipeserve.protocol.chat_completions import ChatCompletionRequest
-from pipeserve.server.body import _to_error, param_path, parse_body
+from pipeserve.server.body import _to_error, json_depth, param_path, parse_body, read_json
+from pipeserve.settings import Settings
 
 HELLO = [{"role": "user", "content": "Hi"}]
 CONTENT_UNION = "list[tagged-union[TextPart,ImagePart,AudioPart,FilePart]]"
@@ -148,11 +150,63 @@ def test_fields_under_plain_lists_and_nested_function_call(change: dict[str, Any
     assert error_for(change).param == param
 
 
-def request(body: bytes) -> Request:
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
+def request(body: bytes, *, chunks: int = 1, declared: int | None = None, **settings: Any) -> Request:
+    """A request whose body arrives in `chunks` pieces, optionally with a Content-Length, on a server with
+    `settings`."""
+    size = -(-len(body) // chunks) or 1
+    pieces = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
+    received: list[int] = []
 
-    return Request({"type": "http", "method": "POST", "headers": []}, receive)
+    async def receive() -> dict[str, Any]:
+        piece = pieces[len(received)]
+        received.append(len(piece))
+        return {"type": "http.request", "body": piece, "more_body": len(received) < len(pieces)}
+
+    headers = [] if declared is None else [(b"content-length", str(declared).encode())]
+    app = SimpleNamespace(state=SimpleNamespace(settings=Settings(**settings)))
+    scope = {"type": "http", "method": "POST", "headers": headers, "app": app, "pieces_read": received}
+    return Request(scope, receive)
+
+
+async def test_a_body_declared_too_large_is_refused_before_it_is_read() -> None:
+    big = request(b"x" * 5000, declared=5000, max_request_bytes=4096)
+    with pytest.raises(RequestTooLargeError) as info:
+        await read_json(big)
+    assert info.value.status_code == 413 and "max_request_bytes" in info.value.message
+    assert big.scope["pieces_read"] == []
+
+
+async def test_a_body_is_refused_while_it_streams_in_once_past_the_limit() -> None:
+    body = b'{"stop": "' + b"x" * 20_000 + b'"}'
+    streamed = request(body, chunks=10, max_request_bytes=4096)
+    with pytest.raises(RequestTooLargeError):
+        await read_json(streamed)
+    assert len(streamed.scope["pieces_read"]) < 10  # stopped reading, never buffered it whole
+
+
+async def test_a_body_within_the_limit_is_read_whole_from_its_pieces() -> None:
+    body = orjson.dumps({"model": "m", "messages": HELLO, "user": "u" * 3000})
+    assert (await read_json(request(body, chunks=7, max_request_bytes=4096)))["user"] == "u" * 3000
+
+
+@pytest.mark.parametrize("depth", [9, 64, 65, 300, 2000])
+async def test_nesting_deeper_than_the_limit_is_a_400_before_any_work(depth: int) -> None:
+    nested: Any = 1
+    for _ in range(depth - 1):
+        nested = [nested]
+    body = orjson.dumps({"deep": nested}) if depth <= 250 else b'{"deep": ' + b"[" * depth + b"]" * depth + b"}"
+    if depth <= 64:
+        assert "deep" in await read_json(request(body))
+        return
+    with pytest.raises(InvalidRequestError) as info:
+        await read_json(request(body))
+    assert info.value.status_code == 400
+
+
+def test_json_depth_counts_containers_only_and_stops_past_the_limit() -> None:
+    assert json_depth(1, 10) == 0
+    assert json_depth({"a": [1, {"b": []}]}, 10) == 4
+    assert json_depth([[[[[]]]]], 2) == 3  # no deeper than limit + 1: the walk stopped there
 
 
 async def test_parse_body_validates_into_the_model() -> None:

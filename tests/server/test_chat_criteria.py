@@ -65,6 +65,13 @@ def test_an_unknown_criterion_is_a_400_before_any_generation(server: Server) -> 
     response = chat(server, [name])
     assert response.status_code == 400
     assert response.json()["error"]["message"] == f"Criterion {name} not found"
+
+
+def test_an_unknown_version_of_a_criterion_is_named_as_openpipe_names_it(server: Server) -> None:
+    name = criterion(server)
+    response = chat(server, [f"{name}@v7"])
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == f"Criterion version v7 not found for criterion {name}"
     known = criterion(server)
     assert chat(server, [f"{known}@v9"]).status_code == 400
 

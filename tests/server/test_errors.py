@@ -84,6 +84,8 @@ def test_unknown_field_is_rejected(server: Server) -> None:
 def test_unknown_model(server: Server) -> None:
     error = error_of(post(server, {"model": "gpt-9", "messages": HELLO}), 404)
     assert error["code"] == "model_not_found" and error["param"] == "model"
+    # OpenAI's wording, which clients (and the openpipe SDK's fallback) match on
+    assert error["message"] == "The model `gpt-9` does not exist or you do not have access to it."
 
 
 def test_prompt_plus_max_tokens_beyond_the_context_window(server: Server) -> None:

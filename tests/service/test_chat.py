@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import pytest
@@ -252,9 +252,10 @@ async def settle() -> None:
 
 async def test_consumer_leaving_early_cancels_the_generation() -> None:
     engine = FakeEngine([[d(0, "a")], [d(0, "b")]], finish=False)
-    stream = cast(AsyncGenerator[bytes, None], await service(engine).stream(replace(PARAMS, stream=True)))
-    assert b'"role":"assistant"' in await anext(stream)
-    assert b'"content":"a"' in await anext(stream)
+    stream = await service(engine).stream(replace(PARAMS, stream=True))
+    chunks = aiter(stream)
+    assert b'"role":"assistant"' in await anext(chunks)
+    assert b'"content":"a"' in await anext(chunks)
     await stream.aclose()
     await settle()
     assert engine.stops == [(None, False)]
@@ -262,8 +263,17 @@ async def test_consumer_leaving_early_cancels_the_generation() -> None:
 
 async def test_consumer_leaving_after_the_role_chunk_cancels_the_generation() -> None:
     engine = FakeEngine([[d(0, "a")]], finish=False)
-    stream = cast(AsyncGenerator[bytes, None], await service(engine).stream(replace(PARAMS, stream=True)))
-    await anext(stream)
+    stream = await service(engine).stream(replace(PARAMS, stream=True))
+    await anext(aiter(stream))
+    await stream.aclose()
+    await settle()
+    assert engine.stops == [(None, False)]
+
+
+async def test_a_stream_never_read_still_frees_its_generation() -> None:
+    """A client that leaves before the response starts: the generator never ran, so no `finally` of its would."""
+    engine = FakeEngine([[d(0, "a")]], finish=False)
+    stream = await service(engine).stream(replace(PARAMS, stream=True))
     await stream.aclose()
     await settle()
     assert engine.stops == [(None, False)]

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from pipeserve.errors import InvalidRequestError, NotFoundError
+from pipeserve.errors import CriterionExistsError, InvalidRequestError, NotFoundError
 from pipeserve.protocol.criteria import CreateCriterionRequest, NewCriterionVersionRequest
-from pipeserve.service.criteria import CriteriaService, CriterionExistsError, CriterionSpec, parse_ref
+from pipeserve.service.criteria import CriteriaService, CriterionSpec, parse_ref
 from pipeserve.store.db import Database
 from pipeserve.validation import validate
 
@@ -116,10 +116,14 @@ async def test_resolve_latest_versions_and_ids(database: Database, project: str)
     polite2 = await criteria.new_version(project, "polite", version_request(description="v2"))
     resolved = await criteria.resolve(project, ["brief", "polite", "polite@v1", polite.id])
     assert resolved == [brief, polite2, polite, polite]
-    for ref in ["nope", "polite@v9", "polite@1", "bad name", "crit_" + "0" * 32]:
+    for ref in ["nope", "nope@v1", "polite@1", "bad name", "crit_" + "0" * 32]:
         with pytest.raises(InvalidRequestError) as caught:
             await criteria.resolve(project, ["brief", ref])
         assert caught.value.param == "op-criteria" and caught.value.message == f"Criterion {ref} not found"
+    # An unknown version of a known criterion, in OpenPipe's words
+    with pytest.raises(InvalidRequestError) as caught:
+        await criteria.resolve(project, ["polite@v9"])
+    assert caught.value.message == "Criterion version v9 not found for criterion polite"
     assert [c.ref for c in await criteria.list_latest(project)] == ["brief@v1", "polite@v2"]
 
 

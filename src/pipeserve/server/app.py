@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from pipeserve import __version__
 from pipeserve.engines import create_engine
+from pipeserve.errors import UnsafeBindError
 from pipeserve.keys import KeyStore
 from pipeserve.server.errors import install_error_handlers
 from pipeserve.server.routes import chat, criteria, datasets, health, logs, models
@@ -19,6 +20,7 @@ from pipeserve.service.completions import ChatCompletions
 from pipeserve.service.criteria import CriteriaService, sync_config_criteria
 from pipeserve.service.grading import Grader
 from pipeserve.service.judge import Judge
+from pipeserve.service.limits import Limits
 from pipeserve.service.metrics import Metrics
 from pipeserve.service.models import ModelRegistry, ServedModel
 from pipeserve.service.recording import Recorder
@@ -29,10 +31,6 @@ from pipeserve.store.logwriter import LogWriter
 log = logging.getLogger("pipeserve.server")
 
 API_PREFIXES = ("/v1", "/api/v1")  # OpenAI's base path and OpenPipe's
-
-
-class UnsafeBindError(RuntimeError):
-    pass
 
 
 def check_bind(settings: Settings, keys: KeyStore) -> None:
@@ -53,7 +51,13 @@ def create_app(settings: Settings) -> FastAPI:
         writer: LogWriter | None = None
         try:
             db = await open_database(settings.store_url)
-            writer = LogWriter(db)
+            writer = LogWriter(
+                db,
+                spill_path=settings.data_dir / "log-spill.jsonl",
+                buffer_rows=settings.log_buffer_rows,
+                spill_bytes=settings.log_spill_bytes,
+                timeout=settings.store_timeout_seconds,
+            )
             writer.start()
             for config in settings.models:
                 engine = create_engine(config, max_waiting=settings.max_queued_requests)
@@ -61,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
                 served.append(ServedModel(config=config, engine=engine))
             registry = ModelRegistry(served)
             app.state.settings = settings
+            app.state.limits = Limits.from_settings(settings)
             app.state.keys = keys
             app.state.models = registry
             app.state.metrics = Metrics(registry)
@@ -81,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
                 app.state.cache,
                 grader=Grader(app.state.criteria, app.state.judge),
                 log_by_default=settings.log_requests,
+                limits=app.state.limits,
             )
             yield
         finally:

@@ -15,6 +15,7 @@ from pipeserve.errors import (
     MethodNotAllowedError,
     NotFoundError,
     PipeserveError,
+    RequestTooLargeError,
 )
 from pipeserve.validation import param_path
 
@@ -36,10 +37,12 @@ def install_error_handlers(app: FastAPI) -> None:
             return render(NotFoundError(f"Unknown route {request.method} {request.url.path}.", code="not_found"))
         if exc.status_code == 405:
             return render(MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}."))
-        error = PipeserveError(str(exc.detail))
-        error.status_code = exc.status_code
-        error.error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return render(error)
+        if exc.status_code == 413:
+            return render(RequestTooLargeError(f"The request body is too large: {exc.detail}."))
+        # Starlette raises nothing else from our routes; a client error stays a 400, anything else is ours.
+        if exc.status_code < 500:
+            return render(InvalidRequestError(str(exc.detail)))
+        return render(PipeserveError(str(exc.detail)))
 
     async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

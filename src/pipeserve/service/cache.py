@@ -82,7 +82,8 @@ class ResponseCache:
             found = (await conn.execute(query)).scalar_one_or_none()
         return found if isinstance(found, dict) else None
 
-    async def put(self, project: str, key: str, model: str, completion: dict[str, Any]) -> None:
+    async def put(self, project: str, key: str, model: str, completion: Any) -> None:
+        """`completion`: its JSON as a dict, or already serialised as an `orjson.Fragment`."""
         now = now_ms()
         values = {
             "project": project,

@@ -154,8 +154,8 @@ class ChatService:
         self.models = models
         self.metrics = metrics
 
-    async def _start(self, params: ChatParams, call: Call | None) -> _Run:
-        served = self.models.resolve(params.model)
+    async def _start(self, params: ChatParams, call: Call | None, served: ServedModel | None) -> _Run:
+        served = served or self.models.resolve(params.model)
         _check_capabilities(served, params)
         started = time.perf_counter()
         generation = await served.engine.generate(params)
@@ -176,8 +176,11 @@ class ChatService:
     def _splitter(served: ServedModel) -> ThinkSplitter | None:
         return ThinkSplitter(*served.config.think_tags) if served.config.reasoning else None
 
-    async def complete(self, params: ChatParams, call: Call | None = None) -> wire.ChatCompletion:
-        run = await self._start(params, call)
+    async def complete(
+        self, params: ChatParams, call: Call | None = None, served: ServedModel | None = None
+    ) -> wire.ChatCompletion:
+        """`served`: the model `params.model` names, if the caller resolved it already."""
+        run = await self._start(params, call, served)
         async for _ in run.deltas():
             pass
         return self._completion(run)
@@ -208,9 +211,10 @@ class ChatService:
         call: Call | None = None,
         on_end: StreamEnd | None = None,
         grade: StreamGrade | None = None,
+        served: ServedModel | None = None,
     ) -> EventStream:
         """Start the generation (errors raise before the first byte), then return the SSE byte stream."""
-        run = await self._start(params, call)
+        run = await self._start(params, call, served)
         return EventStream(self._stream(run, on_end, grade), run.generation.cancel)
 
     async def _stream(

@@ -1,7 +1,13 @@
-"""`POST /chat/completions` end to end: the response cache, the generation, the judges and the request log."""
+"""`POST /chat/completions` end to end: the response cache, the generation, the judges and the request log.
+
+A request is understood once: its `op-*` headers parsed, its body validated and turned into `ChatParams`, its
+model resolved; a completion is serialised once for the client and the log (and once more, unjudged, for the
+cache when judges ran).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
@@ -17,10 +23,14 @@ from pipeserve.service.chat import SSE_DONE, ChatService, EventStream, sse
 from pipeserve.service.criteria import Criterion
 from pipeserve.service.edge import to_params
 from pipeserve.service.grading import Grader, judgement_rows, requested_criteria
-from pipeserve.service.recording import Call, Recorder, header_flag, parse_tags, should_log
+from pipeserve.service.limits import Limits
+from pipeserve.service.models import ServedModel
+from pipeserve.service.recording import Call, Recorder, header_flag, log_decision, parse_tags
 from pipeserve.validation import validate
 
 log = logging.getLogger("pipeserve.chat")
+
+CLIENT_GONE = 499  # nginx's status for a client that closed the connection: only metrics see it
 
 
 @dataclass
@@ -30,9 +40,9 @@ class _Request:
     body: dict[str, Any]
     call: Call
     params: ChatParams
+    served: ServedModel
     mode: CacheMode = OFF
     cache_key: str = ""
-    model_id: str = ""
     criteria: tuple[Criterion, ...] = ()
 
 
@@ -44,51 +54,83 @@ class ChatCompletions:
         cache: ResponseCache,
         grader: Grader,
         log_by_default: bool,
+        limits: Limits | None = None,
     ) -> None:
         self.chat = chat
         self.recorder = recorder
         self.cache = cache
         self.grader = grader
         self.log_by_default = log_by_default
+        self.limits = limits or Limits()
 
     async def handle(
         self, body: dict[str, Any], headers: Mapping[str, str], project: str, key_id: str | None
-    ) -> wire.ChatCompletion | EventStream:
-        store = body.get("store")
+    ) -> str | EventStream:
+        """The answer: a plain completion's JSON, or the stream of a streamed one."""
         call = Call(project=project, key_id=key_id, source="chat", req_payload=body)
+        request: _Request | None = None
         try:
-            call.log = should_log(headers, store if isinstance(store, bool) else None, self.log_by_default)
-            header_flag(headers, "op-log-request")
-            call.tags = parse_tags(headers)
-            # Before validation, so that a rejected request is still found by its metadata.
-            call.metadata = {**call.tags, **_string_pairs(body.get("metadata"))}
             request = await self._understand(body, headers, call)
-            if request.mode.read:
-                hit = await self.cache.get(project, request.cache_key)
-                if hit is not None:
-                    return await self._from_cache(request, wire.ChatCompletion.model_validate(hit))
-            if request.params.stream:
-                grade = self._stream_grade(request) if request.criteria else None
-                return await self.chat.stream(request.params, call, self._on_stream_end(request), grade)
-            completion = await self.chat.complete(request.params, call)
+            answer = await self._answer(request)
         except PipeserveError as error:
+            self._count(request, str(error.status_code))
             await self._record_error(call, error)
             raise
-        await self._cache_put(request, completion)
-        completion = await self._grade(request, completion, best_first=True)
-        await self._record(request, completion, streamed=False)
-        return completion
+        except asyncio.CancelledError:
+            self._count(request, str(CLIENT_GONE))
+            raise
+        self._count(request, "200")
+        return answer
+
+    def _count(self, request: _Request | None, status: str) -> None:
+        if self.chat.metrics is not None:
+            self.chat.metrics.requests.labels(request.served.config.id if request else "unknown", status).inc()
 
     async def _understand(self, body: dict[str, Any], headers: Mapping[str, str], call: Call) -> _Request:
-        params = to_params(validate(wire.ChatCompletionRequest, body))
-        request = _Request(body=body, call=call, params=params, mode=cache_mode(headers))
-        request.model_id = self.chat.models.resolve(params.model).config.id
+        # The logging rule needs op-log-request even when the header is malformed (it then counts as absent),
+        # so that the refused request is logged or not as the rest of the request asks.
+        try:
+            flag, flag_error = header_flag(headers, "op-log-request"), None
+        except PipeserveError as error:
+            flag, flag_error = None, error
+        store = body.get("store")
+        call.log = log_decision(flag, store if isinstance(store, bool) else None, self.log_by_default)
+        # Before validation, so that a rejected request is still found by its metadata.
+        call.tags = parse_tags(headers)
+        self.limits.check_keys(call.tags, "op-tags")
+        call.metadata = {**call.tags, **_string_pairs(body.get("metadata"))}
+        if flag_error is not None:
+            raise flag_error
+        wire_request = validate(wire.ChatCompletionRequest, body)
+        self.limits.check_chat(wire_request)
+        params = to_params(wire_request)
+        request = _Request(
+            body=body, call=call, params=params, served=self.chat.models.resolve(params.model), mode=cache_mode(headers)
+        )
         if request.mode.active:
-            request.cache_key = cache_key(body, request.model_id)
+            request.cache_key = cache_key(body, request.served.config.id)
         refs = requested_criteria(headers)
         if refs:
             request.criteria = tuple(await self.grader.resolve(call.project, refs))
         return request
+
+    async def _answer(self, request: _Request) -> str | EventStream:
+        if request.mode.read:
+            hit = await self.cache.get(request.call.project, request.cache_key)
+            if hit is not None:
+                return await self._from_cache(request, wire.ChatCompletion.model_validate(hit))
+        params = request.params
+        if params.stream:
+            grade = self._stream_grade(request) if request.criteria else None
+            return await self.chat.stream(params, request.call, self._on_stream_end(request), grade, request.served)
+        completion = await self.chat.complete(params, request.call, request.served)
+        raw = completion.model_dump_json()
+        await self._cache_put(request, raw)
+        if request.criteria:
+            completion = await self._grade(request, completion, best_first=True)
+            raw = completion.model_dump_json()
+        await self._record(request, completion, raw, streamed=False)
+        return raw
 
     async def _grade(
         self, request: _Request, completion: wire.ChatCompletion, *, best_first: bool
@@ -105,21 +147,20 @@ class ChatCompletions:
 
         return grade
 
-    async def _from_cache(
-        self, request: _Request, completion: wire.ChatCompletion
-    ) -> wire.ChatCompletion | EventStream:
+    async def _from_cache(self, request: _Request, completion: wire.ChatCompletion) -> str | EventStream:
         request.call.mark_first_token()
         params = request.params
         if not params.stream:
             completion = await self._grade(request, completion, best_first=True)
-            await self._record(request, completion, streamed=False, cache_hit=True)
-            return completion
+            raw = completion.model_dump_json()
+            await self._record(request, completion, raw, streamed=False, cache_hit=True)
+            return raw
 
         async def chunks() -> AsyncGenerator[bytes, None]:
             judged = await self._grade(request, completion, best_first=False)
             for chunk in replay(judged, params.include_usage, criteria=bool(request.criteria)):
                 yield sse(chunk.model_dump_json().encode())
-            await self._record(request, judged, streamed=True, cache_hit=True)
+            await self._record(request, judged, judged.model_dump_json(), streamed=True, cache_hit=True)
             yield SSE_DONE
 
         return EventStream(chunks())
@@ -127,20 +168,22 @@ class ChatCompletions:
     def _on_stream_end(self, request: _Request) -> Any:
         async def on_end(completion: wire.ChatCompletion | None, error: PipeserveError | None) -> None:
             if completion is not None:
-                await self._cache_put(request, _unjudged(completion))
-                await self._record(request, completion, streamed=True)
+                raw = completion.model_dump_json()
+                await self._cache_put(request, _unjudged(completion).model_dump_json() if request.criteria else raw)
+                await self._record(request, completion, raw, streamed=True)
             elif error is not None:
                 await self._record_error(request.call, error)
 
         return on_end
 
-    async def _cache_put(self, request: _Request, completion: wire.ChatCompletion) -> None:
-        """The completion as generated: judges run again on a hit, for whichever criteria it asks."""
+    async def _cache_put(self, request: _Request, raw: str) -> None:
+        """The completion as generated (`raw`, its JSON): judges run again on a hit, for whichever criteria
+        it asks."""
         if not request.mode.write:
             return
         try:
             await self.cache.put(
-                request.call.project, request.cache_key, request.model_id, completion.model_dump(mode="json")
+                request.call.project, request.cache_key, request.served.config.id, orjson.Fragment(raw)
             )
         except Exception:  # the answer is still good; only a later request misses the cache
             log.exception("could not store a response in the cache")
@@ -149,16 +192,17 @@ class ChatCompletions:
         self,
         request: _Request,
         completion: wire.ChatCompletion,
+        raw: str,
         *,
         streamed: bool,
         cache_hit: bool = False,
     ) -> None:
         payload: Any
         if streamed and not request.params.include_usage:
-            payload = completion.model_dump(mode="json")
+            payload = orjson.loads(raw)
             payload["usage"] = None  # what the openai SDK assembles from chunks without a usage chunk
         else:
-            payload = orjson.Fragment(completion.model_dump_json())  # stored as is: no dict round trip
+            payload = orjson.Fragment(raw)  # stored as is: no dict round trip
         usage = completion.usage
         try:
             await self.recorder.record(

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pipeserve.errors import InvalidRequestError, NotFoundError, PipeserveError
+from pipeserve.errors import ConflictError, CriterionExistsError, InvalidRequestError, NotFoundError
 from pipeserve.keys import DEFAULT_PROJECT
 from pipeserve.protocol import criteria as wire
 from pipeserve.service.values import check_text, has_nul, iso
@@ -86,14 +86,6 @@ class CriterionSpec:
     judge_settings: dict[str, Any]
 
 
-class CriterionExistsError(PipeserveError):
-    """409, as OpenAI answers a create that collides with an existing resource."""
-
-    status_code = 409
-    error_type = "invalid_request_error"
-    default_code = "criterion_exists"
-
-
 def parse_ref(ref: str) -> tuple[str, int | None] | None:
     """`name` → (name, None); `name@v3` → (name, 3); anything else → None."""
     match = _REF.match(ref)
@@ -135,9 +127,10 @@ def _settings(values: Any, param: str) -> dict[str, Any]:
     try:
         settings = validate(_SettingsHolder, data).judge_settings
     except InvalidRequestError as error:
-        error.param = error.param.replace("judge_settings", param, 1) if error.param else param
-        error.message = error.message.replace("'judge_settings", f"'{param}", 1)
-        raise
+        raise InvalidRequestError(
+            error.message.replace("'judge_settings", f"'{param}", 1),
+            param=error.param.replace("judge_settings", param, 1) if error.param else param,
+        ) from None
     return settings.model_dump()
 
 
@@ -162,6 +155,12 @@ class CriteriaService:
             for ref in refs:
                 criterion = await self._find(conn, project, ref)
                 if criterion is None:
+                    parsed = parse_ref(ref)
+                    if parsed is not None and parsed[1] is not None and await self._find(conn, project, parsed[0]):
+                        # OpenPipe's wording, which clients match on
+                        raise InvalidRequestError(
+                            f"Criterion version v{parsed[1]} not found for criterion {parsed[0]}", param="op-criteria"
+                        )
                     raise InvalidRequestError(f"Criterion {ref} not found", param="op-criteria")
                 found.append(criterion)
         return found
@@ -426,8 +425,5 @@ def _normalized(criterion: Criterion) -> CriterionSpec:
     return CriterionSpec(criterion.description, criterion.instructions, criterion.judge_model, settings)
 
 
-def _busy(name: str) -> PipeserveError:
-    error = PipeserveError(f"Criterion '{name}' is being changed by other requests; try again.")
-    error.status_code = 409
-    error.error_type = "invalid_request_error"
-    return error
+def _busy(name: str) -> ConflictError:
+    return ConflictError(f"Criterion '{name}' is being changed by other requests; try again.", code="conflict")

@@ -23,6 +23,7 @@ from pipeserve.structured.tools import calls_schema
 _NOT_YET = ("audio", "prediction", "web_search_options")
 _FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _METADATA_LIMITS = (16, 64, 512)  # pairs, key length, value length: OpenAI's limits
+_DESCRIPTION_CHARS = 1024  # OpenAI's limit on a function's description
 
 
 def _pick(value: Any, name: str) -> Any:
@@ -112,7 +113,8 @@ def _tooling(request: ChatCompletionRequest) -> _Tooling:
     assert definitions is not None
     if not definitions:
         raise InvalidRequestError(f"'{name}' must list at least one function; remove it to call none.", param=name)
-    tools = tuple(_tool_spec(i, d, name if legacy else f"tools[{i}].function") for i, d in enumerate(definitions))
+    params = [f"functions[{i}]" if legacy else f"tools[{i}].function" for i in range(len(definitions))]
+    tools = tuple(_tool_spec(d, param) for d, param in zip(definitions, params, strict=True))
     names = [t.name for t in tools]
     if len(set(names)) != len(names):
         raise InvalidRequestError(f"Function names in '{name}' must be unique.", param=name)
@@ -133,11 +135,19 @@ def _tooling(request: ChatCompletionRequest) -> _Tooling:
     return _Tooling(tools, "tool_json", calls_schema(chosen, parallel=False), False, legacy)
 
 
-def _tool_spec(index: int, definition: FunctionDefinition, param: str) -> ToolSpec:
+def _tool_spec(definition: FunctionDefinition, param: str) -> ToolSpec:
     if not definition.name or not _FUNCTION_NAME.fullmatch(definition.name):
         raise InvalidRequestError(
             f"Invalid function name {definition.name!r}: use a-z, A-Z, 0-9, underscores and dashes, at most 64.",
             param=f"{param}.name",
+        )
+    if definition.description is not None and len(definition.description) > _DESCRIPTION_CHARS:
+        raise InvalidRequestError(
+            f"Invalid '{param}.description': string too long. Expected a string with maximum length "
+            f"{_DESCRIPTION_CHARS}, but got a string with length {len(definition.description)} instead. Shorten it; "
+            "put long instructions in the system message.",
+            param=f"{param}.description",
+            code="string_above_max_length",
         )
     parameters = definition.parameters if definition.parameters is not None else {"type": "object", "properties": {}}
     check_schema(parameters, param=f"{param}.parameters")

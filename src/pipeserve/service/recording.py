@@ -31,12 +31,8 @@ def header_flag(headers: Mapping[str, str], name: str) -> bool | None:
     raise InvalidRequestError(f"The header '{name}' must be 'true' or 'false', not {raw!r}.", param=name)
 
 
-def should_log(headers: Mapping[str, str], store: bool | None, default: bool) -> bool:
-    """The rule; a malformed header counts as absent here (the request is refused for it elsewhere)."""
-    try:
-        flag = header_flag(headers, "op-log-request")
-    except InvalidRequestError:
-        flag = None
+def log_decision(flag: bool | None, store: bool | None, default: bool) -> bool:
+    """The rule: the `op-log-request` header's flag, else the body's `store`, else the server's default."""
     if flag is not None:
         return flag
     return store if store is not None else default

@@ -12,18 +12,15 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from pipeserve.errors import PipeserveError
-from pipeserve.protocol.chat_completions import ChatCompletion
 from pipeserve.server.auth import Authenticated
 from pipeserve.server.body import read_json
 from pipeserve.service.chat import EventStream
-from pipeserve.service.completions import ChatCompletions
+from pipeserve.service.completions import CLIENT_GONE, ChatCompletions
 from pipeserve.service.metrics import Metrics
 
 router = APIRouter()
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# nginx's code for "the client closed the connection": nobody reads it, the metrics count it.
-CLIENT_GONE = 499
 
 T = TypeVar("T")
 
@@ -48,36 +45,23 @@ class _EventStreamResponse(StreamingResponse):
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, principal: Authenticated) -> Response:
-    metrics: Metrics = request.app.state.metrics
-    label = "unknown"
     try:
         body = await read_json(request)
-        if isinstance(body.get("model"), str):
-            label = _label(request, body["model"])
-        service: ChatCompletions = request.app.state.completions
-        # A stream's generation starts before the first byte, so that a bad request is a plain 4xx rather
-        # than an error event; a plain answer is abandoned (its sequences freed) if the client leaves.
-        work = service.handle(body, request.headers, principal.project, principal.key_id)
-        result = await (work if body.get("stream") is True else _unless_disconnected(request, work))
-        if isinstance(result, ChatCompletion):
-            response: Response = Response(result.model_dump_json(), media_type="application/json")
-        else:
-            response = _EventStreamResponse(result)
-    except PipeserveError as error:
-        metrics.requests.labels(label, str(error.status_code)).inc()
+    except PipeserveError as error:  # later errors are counted by the service, which knows the model
+        metrics: Metrics = request.app.state.metrics
+        metrics.requests.labels("unknown", str(error.status_code)).inc()
         raise
-    except _ClientGone:
-        metrics.requests.labels(label, str(CLIENT_GONE)).inc()
-        return Response(status_code=CLIENT_GONE)
-    metrics.requests.labels(label, "200").inc()
-    return response
-
-
-def _label(request: Request, model: str) -> str:
+    service: ChatCompletions = request.app.state.completions
+    # A stream's generation starts before the first byte, so that a bad request is a plain 4xx rather than an
+    # error event; a plain answer is abandoned (its sequences freed) if the client leaves.
+    work = service.handle(body, request.headers, principal.project, principal.key_id)
     try:
-        return str(request.app.state.models.resolve(model).config.id)
-    except PipeserveError:
-        return "unknown"
+        answer = await (work if body.get("stream") is True else _unless_disconnected(request, work))
+    except _ClientGone:
+        return Response(status_code=CLIENT_GONE)
+    if isinstance(answer, str):
+        return Response(answer, media_type="application/json")
+    return _EventStreamResponse(answer)
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:

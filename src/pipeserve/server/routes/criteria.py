@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pipeserve.errors import JudgeFailedError
+from pipeserve.errors import judge_failure
 from pipeserve.protocol.criteria import (
     AlignmentRequest,
     CreateCriterionRequest,
@@ -54,9 +54,9 @@ async def judge(request: Request, principal: Authenticated) -> Response:
     verdict = await _judge(request).judge(criterion, judge_input(body.input), judge_output(body.output))
     if verdict.status != "success" or verdict.score is None:
         # This endpoint has no error entry: the judge's failure is the request's.
-        raise JudgeFailedError(
+        raise judge_failure(
             verdict.error_message or f"The judge of {criterion.ref} gave no verdict; retry, or check its judge model.",
-            status_code=verdict.error_code,
+            verdict.error_code,
         )
     usage = JudgeUsage(
         total_tokens=verdict.prompt_tokens + verdict.completion_tokens,

@@ -15,6 +15,7 @@ from pipeserve.server.auth import Authenticated
 from pipeserve.server.body import parse_body
 from pipeserve.server.responses import json_response
 from pipeserve.service import logs as service
+from pipeserve.service.limits import Limits
 from pipeserve.service.log_filters import CriterionCondition, LogFilter, parse_criterion_condition, update_clauses
 from pipeserve.service.recording import tag_value
 from pipeserve.service.values import check_text, parse_time
@@ -23,9 +24,15 @@ from pipeserve.store.db import Database
 router = APIRouter()
 
 
+def _limits(request: Request) -> Limits:
+    limits: Limits = request.app.state.limits
+    return limits
+
+
 @router.post("/report")
 async def report(request: Request, principal: Authenticated) -> Response:
     body = await parse_body(request, wire.ReportRequest)
+    _limits(request).check_keys(body.tags, "tags")
     await service.report(request.app.state.recorder, principal.project, principal.key_id, body)
     return json_response(wire.ReportResponse())
 
@@ -33,6 +40,8 @@ async def report(request: Request, principal: Authenticated) -> Response:
 @router.post("/report-anthropic")
 async def report_anthropic(request: Request, principal: Authenticated) -> Response:
     body = await parse_body(request, wire.ReportAnthropicRequest)
+    _limits(request).check_keys(body.tags, "tags")
+    _limits(request).check_keys(body.metadata, "metadata")
     await service.report_anthropic(request.app.state.recorder, principal.project, principal.key_id, body)
     return json_response(wire.ReportResponse())
 
@@ -40,6 +49,8 @@ async def report_anthropic(request: Request, principal: Authenticated) -> Respon
 @router.post("/logs/update-metadata")
 async def update_metadata(request: Request, principal: Authenticated) -> Response:
     body = await parse_body(request, wire.UpdateMetadataRequest)
+    _limits(request).check_filters(body.filters)
+    _limits(request).check_keys(body.metadata, "metadata")
     db: Database = request.app.state.db
     where = update_clauses(body.filters, sqlite=db.is_sqlite)
     matched = await service.update_metadata(db, principal.project, where, body.metadata)
@@ -50,6 +61,8 @@ async def update_metadata(request: Request, principal: Authenticated) -> Respons
 async def update_tags(request: Request, principal: Authenticated) -> Response:
     """Deprecated twin of update-metadata: tags are metadata now; the `tags` column follows along."""
     body = await parse_body(request, wire.UpdateTagsRequest)
+    _limits(request).check_filters(body.filters)
+    _limits(request).check_keys(body.tags, "tags")
     db: Database = request.app.state.db
     where = update_clauses(body.filters, sqlite=db.is_sqlite)
     changes = {key: tag_value(value) for key, value in body.tags.items()}
@@ -160,7 +173,9 @@ def _int_param(text: str, param: str, low: int, high: int) -> int:
 
 @router.get("/logs")
 async def list_logs(request: Request, principal: Authenticated) -> Response:
-    query = parse_list_query(*split_query(request.url.query))
+    items, conditions = split_query(request.url.query)
+    _limits(request).check_filters([*items, *conditions], param="query")
+    query = parse_list_query(items, conditions)
     page = await service.list_logs(request.app.state.db, principal.project, query)
     return json_response(wire.LogList(data=page.data, has_more=page.has_more, next_cursor=page.next_cursor))
 
