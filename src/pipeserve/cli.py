@@ -42,14 +42,16 @@ def _serve(args: argparse.Namespace) -> int:
     except UnsafeBindError as exc:
         print(f"pipeserve: {exc}", file=sys.stderr)
         return 2
+    app = create_app(settings)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
     )
-    return 0
+    # Non-zero when the server stopped itself because a model could not serve (service/watchdog.py).
+    return int(getattr(app.state, "exit_status", 0))
 
 
 def _keys(args: argparse.Namespace) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,6 +27,7 @@ from pipeserve.service.limits import Limits
 from pipeserve.service.metrics import Metrics
 from pipeserve.service.models import ModelRegistry, ServedModel
 from pipeserve.service.recording import Recorder
+from pipeserve.service.watchdog import EXIT_STATUS, watch_engines
 from pipeserve.settings import Settings
 from pipeserve.store.db import Database, open_database
 from pipeserve.store.logwriter import LogWriter
@@ -41,6 +45,13 @@ def check_bind(settings: Settings, keys: KeyStore) -> None:
         )
 
 
+def _exit(app: FastAPI) -> None:
+    """Shut down as on SIGTERM (requests in flight finish, logs are written), then exit with `EXIT_STATUS`
+    (`pipeserve serve` reads it from the app's state)."""
+    app.state.exit_status = EXIT_STATUS
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
         served: list[ServedModel] = []
         db: Database | None = None
         writer: LogWriter | None = None
+        watchdog: asyncio.Task[None] | None = None
         try:
             db = await open_database(settings.store_url)
             writer = LogWriter(
@@ -88,8 +100,14 @@ def create_app(settings: Settings) -> FastAPI:
                 log_by_default=settings.log_requests,
                 limits=app.state.limits,
             )
+            if settings.engine_exit_after_seconds > 0:
+                watchdog = asyncio.create_task(
+                    watch_engines(registry, settings.engine_exit_after_seconds, lambda: _exit(app)), name="watchdog"
+                )
             yield
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             for model in served:
                 await model.engine.close()
             if writer is not None:
