@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from pipeserve.engines.llamacpp.options import LlamaCppOptions
 from tests.conftest import Server, start_server, stop_server
-from tests.engines.llamacpp.test_batching import TOLERANCE, wait_until_idle
+from tests.engines.llamacpp.test_batching import wait_until_idle
+from tests.greedy import TOLERANCE, assert_same_greedy_path, path
 
 MODEL = "four"
 CONFIG = f"""
@@ -106,11 +107,11 @@ def test_choices_share_the_prompt_kv(four: Server) -> None:
     together = post(four, {**body, "n": 3})
     assert together.status_code == 200, together.text
     reference = first_logprobs(alone)
-    texts = set()
+    choices = together.json()["choices"]
     for choice in range(3):
         assert_close(first_logprobs(together, choice), reference)
-        texts.add(together.json()["choices"][choice]["message"]["content"])
-    assert len(texts) == 1  # greedy siblings over the same prompt KV agree
+        # greedy siblings over the same prompt KV agree (up to rounding in the batch they decode in)
+        assert_same_greedy_path(path(choices[choice]), path(choices[0]))
     wait_until_idle(four)
 
 
@@ -155,7 +156,10 @@ async def test_a_prefix_is_copied_from_a_running_sequence_without_its_tail(four:
     usage = again.json()["usage"]
     assert usage["prompt_tokens_details"]["cached_tokens"] >= usage["prompt_tokens"] - 20
     assert_close(first_logprobs(again), first_logprobs(reference))
-    assert again.json()["choices"][0]["message"]["content"] == reference.json()["choices"][0]["message"]["content"]
+    # Computed from a copied prefix while another sequence decodes beside it: the same greedy path as alone,
+    # up to batched rounding (tests/greedy.py). A tail left over from the long request would show as a
+    # different first-token distribution above, or whole nats apart here.
+    assert_same_greedy_path(path(again.json()["choices"][0]), path(reference.json()["choices"][0]))
     wait_until_idle(four)
 
 
