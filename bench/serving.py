@@ -55,24 +55,19 @@ Run it from the repository root with the project's virtualenv active, installed 
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as `python bench/serving.py`, this directory comes first on sys.path, and bench/logging.py (the request
-# log benchmark) would shadow the standard library's `logging` that asyncio and httpx import: move it last.
-sys.path.sort(key=lambda entry: entry == os.path.dirname(os.path.abspath(__file__)))
-
 import argparse
 import asyncio
 import importlib.metadata
 import itertools
 import json
+import os
 import platform
 import random
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading

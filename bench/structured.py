@@ -40,20 +40,15 @@ Run it from the repository root with the project's virtualenv active::
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as `python bench/structured.py`, this directory comes first on sys.path, and bench/logging.py (the
-# request log benchmark) would shadow the standard library's `logging`: move it last.
-sys.path.sort(key=lambda entry: entry == os.path.dirname(os.path.abspath(__file__)))
-
 import argparse
 import asyncio
 import json
+import os
 import platform
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator

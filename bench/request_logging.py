@@ -12,25 +12,19 @@ the logging share of each request as large as it gets: the ratio is a lower boun
 Prints one table: per mode, requests, 2xx, rows logged, requests/s, latency p50/p95, and the ratio of
 throughput with logging on to off (goal ≥ 0.97), plus how many rows each group commit carried.
 
-    python bench/logging.py                       # 2,000 logged requests at concurrency 32, SQLite
-    python bench/logging.py --requests 400        # quicker
-    python bench/logging.py --database-url postgresql://postgres@127.0.0.1:5432/bench   # an empty database
+    python bench/request_logging.py                       # 2,000 logged requests at concurrency 32, SQLite
+    python bench/request_logging.py --requests 400        # quicker
+    python bench/request_logging.py --database-url postgresql://postgres@127.0.0.1:5432/bench   # an empty database
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This script is bench/logging.py: run as a file, its folder comes first on sys.path and would shadow the
-# standard library's `logging` for everything imported below.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import argparse
 import asyncio
+import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
