@@ -58,6 +58,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def start(data_dir: Path, database_url: str | None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     args = [sys.executable, "-m", "pipeserve", "serve", "--port", str(port), "--data-dir", str(data_dir)]
@@ -211,11 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             commits, rows = scrape(url, "pipeserve_log_commits"), scrape(url, "pipeserve_log_rows")
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process)
         from pipeserve.settings import Settings
 
         settings = Settings(data_dir=data_dir, database_url=args.database_url)
