@@ -106,8 +106,8 @@ async def latest_logged_call(db: Database, project: str) -> wire.LatestLoggedCal
         error_message=row["error_message"],
         req_payload=row["req_payload"],
         resp_payload=row["resp_payload"],
-        tags=dict(row["tags"] or {}),
-        metadata=dict(row["meta"] or {}),
+        tags=_strings(row["tags"]),
+        metadata=_strings(row["meta"]),
     )
 
 
@@ -133,9 +133,19 @@ def to_log(row: Mapping[str, Any]) -> wire.Log:
         usage=usage,
         cost=row["cost"],
         cache_hit=row["cache_hit"],
-        metadata=dict(row["meta"] or {}),
-        tags=dict(row["tags"] or {}),
+        metadata=_strings(row["meta"]),
+        tags=_object(row["tags"]),
     )
+
+
+def _object(value: Any) -> dict[str, Any]:
+    # Every write stores an object here; a read must not fail on a row whatever it holds.
+    return value if isinstance(value, dict) else {}
+
+
+def _strings(value: Any) -> dict[str, str]:
+    """Metadata as the string pairs it is written as; anything else reads as its JSON text."""
+    return {str(k): v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in _object(value).items()}
 
 
 # --- changing metadata ---------------------------------------------------------------------------------------

@@ -1,29 +1,61 @@
-"""The database: one async engine per process, SQLite tuned for concurrent use, migrations at start-up."""
+"""The database: one async engine per process, SQLite tuned for concurrent use, migrations at start-up.
+
+Every way in (`connect`, `begin`) turns "the database can't be reached right now" (refused, reset or hung
+connections, a full disk, a locked SQLite file) into `StoreUnavailableError`, which the routes answer as a 503:
+one place for it, rather than a 500 or a hang in each route.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import event, text
+from sqlalchemy import event, exc, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from pipeserve.errors import StoreUnavailableError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same in every replica that may migrate at the same time.
 _MIGRATION_LOCK = 7_216_254_001
+# How long getting a connection may take (pool wait, pre-ping, TCP and PostgreSQL start-up) before the store
+# counts as unreachable. Short, because the one who waits is a client.
+CONNECT_TIMEOUT = 5.0
+RETRY_AFTER_SECONDS = 5
+
+log = logging.getLogger("pipeserve.store")
 
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _loads(value: str | bytes | int | float) -> Any:
+    # A SQLite column made before migration 0003 (declared JSON: NUMERIC affinity) may hand back a bare number
+    # already converted; it is that number. A read must not fail on a row that a write accepted.
+    if isinstance(value, int | float):
+        return value
+    return orjson.loads(value)
+
+
 # orjson for JSON columns: several times faster than the standard library on the logging path, and a value
 # that is already JSON can be stored as `orjson.Fragment(raw)` without being parsed and encoded again.
-_JSON: dict[str, Any] = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
+_JSON: dict[str, Any] = {"json_serializer": _dumps, "json_deserializer": _loads}
+
+# SQLite result codes (primary, the low byte) that mean "not now" rather than "not this statement": busy or
+# locked by another writer, out of memory, read-only or failing disk, disk full, file gone.
+_SQLITE_UNAVAILABLE = {5, 6, 7, 8, 10, 13, 14, 15}
+# PostgreSQL SQLSTATE classes of the same kind: connection exception, insufficient resources (disk full, too
+# many connections), operator intervention (shutdown, restart, cannot connect now), system error.
+_PG_UNAVAILABLE = ("08", "53", "57P", "58")
 
 
 def now_ms() -> int:
@@ -34,9 +66,58 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` says the store can't be reached now (worth a retry later), not that a statement is
+    wrong."""
+    if isinstance(error, StoreUnavailableError | OSError | exc.TimeoutError):
+        return True  # OSError holds refused and reset connections and TimeoutError
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    cause = error.orig if isinstance(error, exc.DBAPIError) else error
+    code = getattr(cause, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _SQLITE_UNAVAILABLE
+    if isinstance(error, exc.InterfaceError):
+        return True  # asyncpg: the connection is closed or broken
+    state = getattr(cause, "sqlstate", None)
+    return isinstance(state, str) and state.startswith(_PG_UNAVAILABLE)
+
+
+def describe(error: BaseException) -> str:
+    """What went wrong, without the statement and its parameters (request payloads) that SQLAlchemy adds."""
+    cause = error.__cause__ if isinstance(error, StoreUnavailableError) and error.__cause__ else error
+    if isinstance(cause, exc.DBAPIError) and cause.orig is not None:
+        cause = cause.orig
+    return f"{type(cause).__name__}: {str(cause) or 'no answer in time'}"
+
+
+def unavailable_error(cause: BaseException) -> StoreUnavailableError:
+    _log_outage(cause)
+    error = StoreUnavailableError(
+        "The database that holds logs, datasets and criteria can't be reached right now. Retry in a few "
+        "seconds: chat completions are still served, and their logs are written when it is back. If this "
+        "lasts, the server's log says why."
+    )
+    error.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return error
+
+
+_last_outage_log = 0.0
+
+
+def _log_outage(cause: BaseException) -> None:
+    # Every request fails the same way during an outage: one line every few seconds says it.
+    global _last_outage_log
+    now = time.monotonic()
+    if now - _last_outage_log >= RETRY_AFTER_SECONDS:
+        _last_outage_log = now
+        log.warning("the store can't be reached: %s", describe(cause))
+
+
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeout: float = CONNECT_TIMEOUT) -> None:
         self.url = url
+        self.timeout = timeout
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             path = url.split("///", 1)[1] if "///" in url else ""
@@ -45,33 +126,85 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(url, **_JSON)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **_JSON)
+            self.engine = create_async_engine(
+                url,
+                pool_size=10,
+                max_overflow=20,
+                pool_pre_ping=True,
+                connect_args={"timeout": timeout},  # asyncpg's own default is a minute
+                **_JSON,
+            )
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision; replicas starting together take turns on PostgreSQL."""
-        async with self.engine.begin() as conn:
-            if self.engine.dialect.name == "postgresql":
+        async with self.engine.connect() as conn:
+            if self.is_sqlite:
+                await _migrate_sqlite(conn)
+                return
+            async with conn.begin():
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-            await conn.run_sync(_upgrade)
+                await conn.run_sync(_upgrade)
 
-    def connect(self) -> Any:
-        return self.engine.connect()
+    def connect(self) -> AbstractAsyncContextManager[Any]:
+        """A connection (an `AsyncConnection`); StoreUnavailableError if the store can't be reached."""
+        return self._connection(begin=False)
 
-    def begin(self) -> Any:
-        return self.engine.begin()
+    def begin(self) -> AbstractAsyncContextManager[Any]:
+        """A connection inside a transaction, committed when the block ends without an error."""
+        return self._connection(begin=True)
+
+    @asynccontextmanager
+    async def _connection(self, *, begin: bool) -> AsyncIterator[AsyncConnection]:
+        try:
+            conn = self.engine.connect()
+            async with asyncio.timeout(self.timeout):  # a hung network must not hold the caller
+                await conn.start()
+            try:
+                if not begin:
+                    yield conn
+                    return
+                async with conn.begin():
+                    yield conn
+            finally:
+                await conn.close()
+        except StoreUnavailableError:
+            raise
+        except Exception as error:
+            if is_unavailable(error):
+                raise unavailable_error(error) from error
+            raise
 
     async def close(self) -> None:
         await self.engine.dispose()
 
 
-async def open_database(url: str) -> Database:
-    db = Database(url)
+async def open_database(url: str, *, timeout: float = CONNECT_TIMEOUT) -> Database:
+    db = Database(url, timeout=timeout)
     try:
         await db.migrate()
     except Exception:
         await db.close()
         raise
     return db
+
+
+async def _migrate_sqlite(conn: AsyncConnection) -> None:
+    # Migrations rebuild SQLite tables (batch mode). With foreign keys on, dropping the old `logs` would delete
+    # every judgement that references it (ON DELETE CASCADE); the pragma only works outside a transaction.
+    await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    await conn.commit()
+    try:
+        async with conn.begin():
+            # One real transaction around all of it (the driver would leave DDL outside one): a migration
+            # interrupted half-way leaves the previous schema, not a half-built table.
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            await conn.run_sync(_upgrade)
+            broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+            if broken:
+                raise RuntimeError(f"a migration left rows whose foreign keys point nowhere: {broken[:5]}")
+    finally:
+        await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+        await conn.commit()
 
 
 def _upgrade(connection: Connection) -> None:
@@ -95,4 +228,4 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.close()
 
 
-__all__ = ["AsyncConnection", "Database", "new_id", "now_ms", "open_database"]
+__all__ = ["AsyncConnection", "Database", "describe", "is_unavailable", "new_id", "now_ms", "open_database"]

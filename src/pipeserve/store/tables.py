@@ -1,7 +1,8 @@
 """The schema, in SQLAlchemy Core. Changing it needs a migration under `migrations/versions`.
 
-Times are integer milliseconds since the epoch (portable and exact on both databases); JSON columns are
-JSONB on PostgreSQL. Every row belongs to a project, and every query filters on it.
+Times are integer milliseconds since the epoch (portable and exact on both databases). JSON columns are JSONB
+on PostgreSQL and JSON text on SQLite (`JsonText`): what the API accepted reads back as the same value.
+Every row belongs to a project, and every query filters on it.
 """
 
 from __future__ import annotations
@@ -22,10 +23,29 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import TypeCompiler
 
 metadata = MetaData()
 
-Json = JSON().with_variant(JSONB(), "postgresql")
+
+class JsonText(JSON):
+    """SQLAlchemy's JSON (operators, `json_each`, the serializer) declared as TEXT on SQLite.
+
+    SQLite gives a column declared `JSON` NUMERIC affinity, which turns the JSON text `5` into the INTEGER 5,
+    `1.0` into 1, and an integer beyond 64 bits into a rounded REAL: a bare number came back as something the
+    JSON reader could not decode, or as another number. TEXT affinity keeps the text exactly as written.
+    """
+
+    cache_ok = True
+
+
+@compiles(JsonText, "sqlite")
+def _sqlite_json_text(type_: JsonText, compiler: TypeCompiler, **kw: object) -> str:
+    return "TEXT"
+
+
+Json = JsonText().with_variant(JSONB(), "postgresql")
 
 logs = Table(
     "logs",
