@@ -121,6 +121,27 @@ class Settings(BaseSettings):
         ge=1,
         description="How long a response stored by `op-cache: readWrite|writeOnly` can be served again.",
     )
+    # --- while the store (the database) can't be reached: completions go on, their logs wait ---
+    log_buffer_rows: int = Field(
+        default=1000,
+        ge=0,
+        description="Request logs held in memory while the store can't be reached; beyond it they spill to "
+        "`log-spill.jsonl` in `data_dir`. Held logs are written when the store is back, without a restart. Logs "
+        "in memory are lost if the process is killed during an outage; 0 spills each one at once.",
+    )
+    log_spill_bytes: int = Field(
+        default=1024**3,
+        ge=0,
+        description="Largest size of the spill file; beyond it (and `log_buffer_rows`) further logs are dropped "
+        "and counted (`pipeserve_log_dropped_rows_total` in `/metrics`). Spilled logs survive a restart. 0 "
+        "disables the file.",
+    )
+    store_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a commit of request logs may take before the store counts as unreachable: the "
+        "requests stop waiting for it, and their logs are held and retried.",
+    )
     prices: dict[str, Price] = Field(
         default_factory=dict,
         description="Token prices per model name (served or reported), as a TOML table "

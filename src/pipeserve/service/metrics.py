@@ -97,7 +97,8 @@ class _EngineCollector(Collector):
 
 
 class _LogWriterCollector(Collector):
-    """Group commit at work: rows per commit is how many requests share one transaction."""
+    """Group commit at work (rows per commit is how many requests share one transaction), and the logs that
+    wait while the store is away."""
 
     def __init__(self, writer: LogWriter) -> None:
         self.writer = writer
@@ -107,4 +108,18 @@ class _LogWriterCollector(Collector):
         commits.add_metric([], self.writer.commits)
         rows = CounterMetricFamily("pipeserve_log_rows", "Request logs stored.")
         rows.add_metric([], self.writer.rows)
-        yield from (commits, rows)
+        up = GaugeMetricFamily(
+            "pipeserve_store_up", "1 while the store (database) can be reached, 0 while request logs are held."
+        )
+        up.add_metric([], 1 if self.writer.available else 0)
+        backlog = GaugeMetricFamily(
+            "pipeserve_log_backlog_rows",
+            "Request logs accepted and not yet stored: waiting for a commit, held in memory, or spilled to disk.",
+        )
+        backlog.add_metric([], self.writer.backlog)
+        dropped = CounterMetricFamily(
+            "pipeserve_log_dropped_rows",
+            "Request logs lost: the store was away with the buffer and spill file full, or it refused a held log.",
+        )
+        dropped.add_metric([], self.writer.dropped)
+        yield from (commits, rows, up, backlog, dropped)
