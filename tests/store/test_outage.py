@@ -189,6 +189,24 @@ async def test_a_spill_file_that_cannot_grow_keeps_the_buffer_and_counts_the_res
         await writer.close()
 
 
+async def test_a_held_row_the_store_refuses_is_dropped_and_counted_and_the_others_stored(
+    pg: Database, proxy: TcpProxy, project: str, tmp_path: Path
+) -> None:
+    writer = writer_for(pg, tmp_path)
+    try:
+        proxy.refuse()
+        good = [log_row(project) for _ in range(6)]
+        bad = log_row(project, source="x" * 50)  # longer than its VARCHAR(20): PostgreSQL refuses it
+        for row in [*good[:3], bad, *good[3:]]:
+            await writer.write(row)
+        proxy.forward()
+        await until(lambda: writer.backlog == 0)
+        assert writer.dropped == 1
+        assert sorted(await stored(pg, project)) == sorted(row["id"] for row in good)
+    finally:
+        await writer.close()
+
+
 async def test_closing_while_the_store_is_away_without_a_spill_file_counts_what_is_lost(
     pg: Database, proxy: TcpProxy, project: str
 ) -> None:

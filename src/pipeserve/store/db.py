@@ -83,6 +83,17 @@ def is_unavailable(error: BaseException) -> bool:
     return isinstance(state, str) and state.startswith(_PG_UNAVAILABLE)
 
 
+def is_refused(error: BaseException) -> bool:
+    """Whether `error` is the store refusing these rows themselves (a duplicate key, a value it can't hold, a
+    value that can't be encoded): retrying them can't help, unlike any other failure."""
+    if isinstance(error, exc.IntegrityError | exc.DataError):
+        return True
+    if isinstance(error, exc.StatementError) and not isinstance(error, exc.DBAPIError):
+        return True  # a parameter that could not be bound (or serialised) at all
+    state = getattr(error.orig if isinstance(error, exc.DBAPIError) else error, "sqlstate", None)
+    return isinstance(state, str) and state.startswith(("22", "23"))  # data exception, integrity violation
+
+
 def describe(error: BaseException) -> str:
     """What went wrong, without the statement and its parameters (request payloads) that SQLAlchemy adds."""
     cause = error.__cause__ if isinstance(error, StoreUnavailableError) and error.__cause__ else error
@@ -228,4 +239,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.close()
 
 
-__all__ = ["AsyncConnection", "Database", "describe", "is_unavailable", "new_id", "now_ms", "open_database"]
+__all__ = [
+    "AsyncConnection",
+    "Database",
+    "describe",
+    "is_refused",
+    "is_unavailable",
+    "new_id",
+    "now_ms",
+    "open_database",
+]

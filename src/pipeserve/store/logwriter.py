@@ -29,7 +29,7 @@ from sqlalchemy import Table, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pipeserve.errors import StoreUnavailableError
-from pipeserve.store.db import Database, describe
+from pipeserve.store.db import Database, describe, is_refused, is_unavailable
 from pipeserve.store.spill import SpillFile, SpillLockedError
 from pipeserve.store.tables import log_criteria, logs
 
@@ -38,6 +38,7 @@ log = logging.getLogger("pipeserve.store")
 MAX_BATCH = 512  # rows per transaction; bounds a commit's time and memory under a burst
 RETRY_FIRST = 0.2  # seconds before the first retry once the store is away; doubled up to RETRY_MAX
 RETRY_MAX = 5.0
+STUCK_GIVE_UP = 30.0  # seconds after which a commit left hanging stops blocking new attempts
 
 Row = dict[str, Any]
 _Waiting = tuple[Row, "asyncio.Future[None]"]
@@ -69,6 +70,7 @@ class LogWriter:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._stuck: asyncio.Task[Any] | None = None  # a commit that outlived its deadline, left to end
+        self._stuck_since = 0.0
         self._last_drop_log = 0.0
 
     @property
@@ -99,7 +101,8 @@ class LogWriter:
         if self._task is None or self._task.done() or self._closing:
             raise RuntimeError("the log writer is not running")
         if not self.available:
-            await self._hold([row])
+            # shield: a client that leaves while its row is spilled must not leave the row half-moved
+            await asyncio.shield(self._hold([row]))
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((row, future))
@@ -154,14 +157,13 @@ class LogWriter:
         self._moving += len(batch)
         try:
             await self._store([row for row, _ in batch], replay=False)
-        except StoreUnavailableError as error:
-            self._went_away(error)
-            waiting, self._pending = batch + self._pending, []
-            self._moving -= len(batch)
-            await self._hold_waiting(waiting)
-            return
         except Exception as error:
             self._moving -= len(batch)
+            if not is_refused(error):  # the store is away, or failing: nothing to blame the rows for
+                self._went_away(error)
+                waiting, self._pending = batch + self._pending, []
+                await self._hold_waiting(waiting)
+                return
             if len(batch) == 1:
                 log.exception("could not store a log row")
                 _settle(batch, error)
@@ -204,6 +206,7 @@ class LogWriter:
         async with self._file:
             rows = [self._held.popleft() for _ in range(min(MAX_BATCH, len(self._held)))]
             self._moving += len(rows)
+            stored = False
             try:
                 stored = await self._replay(rows)
             finally:
@@ -217,10 +220,10 @@ class LogWriter:
             return True
         try:
             await self._store(rows, replay=True)
-        except StoreUnavailableError as error:
-            self._went_away(error)
-            return False
-        except Exception:
+        except Exception as error:
+            if not is_refused(error):
+                self._went_away(error)
+                return False
             if len(rows) > 1:
                 for row in rows:  # find the one the store refuses; the others are stored (again, harmlessly)
                     if not await self._replay([row]):
@@ -298,8 +301,11 @@ class LogWriter:
         the requests waiting on it), so late work is cancelled and left to end on its own; until it has, no
         new attempt starts."""
         if self._stuck is not None and not self._stuck.done():
-            _close(work)
-            raise StoreUnavailableError(f"an earlier commit to the store is still hanging after {self.timeout:g}s")
+            hung = time.monotonic() - self._stuck_since
+            if hung < max(STUCK_GIVE_UP, 3 * self.timeout):
+                _close(work)
+                raise StoreUnavailableError("an earlier commit to the store is still hanging")
+            log.warning("a commit to the store has hung for %.0fs; trying a new connection", hung)
         task = asyncio.ensure_future(work)
         done, _ = await asyncio.wait({task}, timeout=self.timeout)
         if task in done:
@@ -307,7 +313,7 @@ class LogWriter:
             return
         task.cancel()
         task.add_done_callback(_retrieve)
-        self._stuck = task
+        self._stuck, self._stuck_since = task, time.monotonic()
         raise StoreUnavailableError(f"{what} took longer than store_timeout_seconds ({self.timeout:g}s)")
 
     # --- holding ----------------------------------------------------------------------------------------------
@@ -349,7 +355,9 @@ class LogWriter:
             log.error("could not spill logs to %s: %s", self._spill.path, error)
             return rows
 
-    def _went_away(self, error: StoreUnavailableError) -> None:
+    def _went_away(self, error: Exception) -> None:
+        if not is_unavailable(error):  # not an outage we know: its rows are kept, and its traceback shown
+            log.error("storing logs failed; they are held and retried", exc_info=error)
         if self.available:
             where = f"then in {self._spill.path}" if self._spill is not None else "with no spill file"
             log.warning(
