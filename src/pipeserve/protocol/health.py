@@ -18,8 +18,16 @@ class ModelHealth(BaseModel):
     kv_cells_total: int
 
 
+class StoreHealth(BaseModel):
+    available: bool  # whether the last attempt to reach the database worked
+    log_backlog: int  # request logs held (in memory or spilled to a file) until the database takes them
+    logs_dropped: int  # request logs lost since start: nowhere left to hold them
+
+
 class Health(BaseModel):
-    # ok: everything serves. unavailable (HTTP 503): a model can't serve, so a load balancer should look
-    # elsewhere.
-    status: Literal["ok", "unavailable"]
+    # ok: everything serves. degraded (HTTP 200): completions are served, but the store can't be reached, so
+    # logs wait and the data API answers 503. unavailable (HTTP 503): a model can't serve, so a load balancer
+    # should look elsewhere.
+    status: Literal["ok", "degraded", "unavailable"]
     models: list[ModelHealth]
+    store: StoreHealth

@@ -7,9 +7,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pipeserve.protocol.health import Health, ModelHealth
+from pipeserve.protocol.health import Health, ModelHealth, StoreHealth
 from pipeserve.server.responses import json_response
 from pipeserve.service.models import ModelRegistry
+from pipeserve.store.logwriter import LogWriter
 
 router = APIRouter()
 
@@ -33,10 +34,11 @@ async def health(request: Request) -> Response:
                 kv_cells_total=stats.kv_cells_total,
             )
         )
+    writer: LogWriter = request.app.state.log_writer
+    store = StoreHealth(available=writer.available, log_backlog=writer.backlog, logs_dropped=writer.dropped)
     down = any(model.problem is not None for model in models)
-    return json_response(
-        Health(status="unavailable" if down else "ok", models=models), status_code=503 if down else 200
-    )
+    status = "unavailable" if down else "ok" if store.available else "degraded"
+    return json_response(Health(status=status, models=models, store=store), status_code=503 if down else 200)
 
 
 @router.get("/metrics")
