@@ -209,8 +209,8 @@ async def _migrate_sqlite(conn: AsyncConnection) -> None:
             # One real transaction around all of it (the driver would leave DDL outside one): a migration
             # interrupted half-way leaves the previous schema, not a half-built table.
             await conn.exec_driver_sql("BEGIN IMMEDIATE")
-            await conn.run_sync(_upgrade)
-            broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+            migrated = await conn.run_sync(_upgrade)
+            broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all() if migrated else []
             if broken:
                 raise RuntimeError(f"a migration left rows whose foreign keys point nowhere: {broken[:5]}")
     finally:
@@ -218,14 +218,21 @@ async def _migrate_sqlite(conn: AsyncConnection) -> None:
         await conn.commit()
 
 
-def _upgrade(connection: Connection) -> None:
+def _upgrade(connection: Connection) -> bool:
+    """Migrate to the newest revision; whether there was anything to do."""
     from alembic import command
     from alembic.config import Config
+    from alembic.migration import MigrationContext
 
+    def revision() -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    before = revision()
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+    return revision() != before
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
