@@ -229,6 +229,17 @@ async def test_a_second_process_does_not_share_the_spill_file(pg: Database, tmp_
         await first.close()
 
 
+async def test_a_database_that_cannot_be_connected_to_is_unavailable_not_an_error(proxy: TcpProxy) -> None:
+    db = Database(Settings(database_url=proxy.url("pipeserve_no_such_database")).store_url, timeout=1.0)
+    try:
+        with pytest.raises(StoreUnavailableError) as raised:
+            async with db.connect():
+                pass
+        assert raised.value.status_code == 503 and raised.value.headers["Retry-After"].isdigit()
+    finally:
+        await db.close()
+
+
 # --- SQLite: a full disk ------------------------------------------------------------------------------------
 
 

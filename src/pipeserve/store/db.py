@@ -166,10 +166,15 @@ class Database:
 
     @asynccontextmanager
     async def _connection(self, *, begin: bool) -> AsyncIterator[AsyncConnection]:
+        conn = self.engine.connect()
         try:
-            conn = self.engine.connect()
             async with asyncio.timeout(self.timeout):  # a hung network must not hold the caller
                 await conn.start()
+        except Exception as error:
+            # Nothing of the caller's has run yet: whatever stops a connection (refused, timed out, a database
+            # that doesn't accept connections or exist, a password refused) is the store being unavailable.
+            raise unavailable_error(error) from error
+        try:
             try:
                 if not begin:
                     yield conn
