@@ -126,7 +126,8 @@ class Recorder:
         completion_id: str | None = None,
         judgements: list[dict[str, Any]] | None = None,
     ) -> str | None:
-        """Store the call's log (if it asked to be logged) and return its id once committed."""
+        """Store the call's log (if it asked to be logged) and return its id once committed, or once held for a
+        later commit while the store can't be reached (`LogWriter`)."""
         if not call.log:
             return None
         ended = time.perf_counter()

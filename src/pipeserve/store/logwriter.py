@@ -298,8 +298,8 @@ class LogWriter:
 
     async def _deadline(self, work: Awaitable[None], what: str) -> None:
         """`work` within `timeout`, else StoreUnavailableError. A hung connection must not hold the writer (nor
-        the requests waiting on it), so late work is cancelled and left to end on its own; until it has, no
-        new attempt starts."""
+        the requests waiting on it), so late work is cancelled and left to end on its own; until it has (or
+        STUCK_GIVE_UP seconds have passed), no new attempt starts."""
         if self._stuck is not None and not self._stuck.done():
             hung = time.monotonic() - self._stuck_since
             if hung < max(STUCK_GIVE_UP, 3 * self.timeout):
