@@ -228,3 +228,16 @@ async def test_parse_body_raises_the_first_validation_error() -> None:
         await parse_body(request(raw), ChatCompletionRequest)
     assert info.value.param == "n"
     assert info.value.message.startswith("Invalid value for 'n': ")
+
+
+@pytest.mark.parametrize("number", [2**64 - 1, -(2**63), 10**18])
+async def test_integers_stored_exactly_are_accepted(number: int) -> None:
+    body = b'{"n": ' + str(number).encode() + b', "s": "12345678901234567890123"}'
+    assert (await read_json(request(body)))["n"] == number
+
+
+@pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**30])
+async def test_integers_beyond_64_bits_are_a_400_not_rounded(number: int) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        await read_json(request(b'{"n": ' + str(number).encode() + b"}"))
+    assert "64-bit" in info.value.message

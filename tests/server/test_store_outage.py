@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, create_pg_database, drop_pg_database, start_server, stop_server
+from tests.conftest import MODEL, Server, create_pg_database, drop_pg_database, start_server, stop_server
 from tests.store.load import Acked, create_dataset, load, missing_or_twice, stored_in_postgresql
 from tests.store.tcp_proxy import TcpProxy
 
@@ -91,7 +91,15 @@ def test_completions_go_on_while_the_store_is_away_and_every_log_arrives_once(
         assert seen["pipeserve_log_dropped_rows_total"] == 0
         assert (server.data_dir / "log-spill.jsonl").stat().st_size > 0  # beyond 20 rows, on disk
 
+        health = server.health()
+        assert health["status"] == "degraded" and health["store"]["available"] is False
+        assert health["store"]["log_backlog"] == 40 and health["store"]["logs_dropped"] == 0
         with httpx.Client(base_url=server.v1, timeout=30) as http:
+            # the response cache lives in the store: a read is a miss, and the model answers
+            cached = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+            headers = {"op-cache": "readWrite", "op-log-request": "false"}
+            answer = http.post("/chat/completions", json=cached, headers=headers)
+            assert answer.status_code == 200, answer.text
             assert_503(http.get("/logs"))
             assert_503(http.get(f"/logs/log_{'0' * 32}"))
             assert_503(http.post("/logs/update-metadata", json={"filters": [], "metadata": {"a": "b"}}))
@@ -109,6 +117,7 @@ def test_completions_go_on_while_the_store_is_away_and_every_log_arrives_once(
 
         proxy.forward()  # back, without a restart
         wait_for_backlog(server)
+        assert server.health()["status"] == "ok"
         stored = asyncio.run(stored_in_postgresql(url))
         missing, twice = missing_or_twice(acked.logs + away.logs, stored.logs)
         assert missing == [] and twice == []

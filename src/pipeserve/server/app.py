@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
         writer: LogWriter | None = None
         watchdog: asyncio.Task[None] | None = None
         try:
-            db = await open_database(settings.store_url)
+            db = await open_database(settings.store_url, timeout=settings.store_timeout_seconds)
             writer = LogWriter(
                 db,
                 spill_path=settings.data_dir / "log-spill.jsonl",

@@ -3,6 +3,8 @@ wire model (`pipeserve.validation`)."""
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import orjson
@@ -74,7 +76,36 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
             "accepts (its max_json_depth setting). Flatten the data, or send deep payloads as JSON strings.",
             code="json_too_deep",
         )
+    if _LONG_DIGITS.search(raw):
+        _check_integers(raw)
     return data
+
+
+# orjson keeps integers from -2**63 to 2**64 - 1 exact and silently turns larger ones into floats; what we accept
+# must be stored and read back unchanged, so a body that may hold such a number (19 digits in a row) is checked.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_INTEGERS = (-(2**63), 2**64 - 1)
+
+
+def _exact_integer(text: str) -> int:
+    value = int(text)
+    if not _INTEGERS[0] <= value <= _INTEGERS[1]:
+        raise _BigInteger(text)
+    return value
+
+
+class _BigInteger(ValueError):
+    pass
+
+
+def _check_integers(raw: bytes) -> None:
+    try:
+        json.loads(raw, parse_int=_exact_integer)
+    except _BigInteger as exc:
+        raise InvalidRequestError(
+            f"The request body holds the integer {str(exc)[:40]}, beyond the 64-bit range this server stores "
+            "exactly. Send it as a string, or as a number with a decimal point if a float will do.",
+        ) from None
 
 
 async def read_json(request: Request) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from pipeserve.errors import PipeserveError
+from pipeserve.errors import PipeserveError, StoreUnavailableError
 from pipeserve.params import ChatParams
 from pipeserve.protocol import chat_completions as wire
 from pipeserve.service.cache import OFF, CacheMode, ResponseCache, cache_key, cache_mode, replay
@@ -116,7 +116,11 @@ class ChatCompletions:
 
     async def _answer(self, request: _Request) -> str | EventStream:
         if request.mode.read:
-            hit = await self.cache.get(request.call.project, request.cache_key)
+            try:
+                hit = await self.cache.get(request.call.project, request.cache_key)
+            except StoreUnavailableError:
+                # The cache lives in the store: while it is away a read is a miss, and the model answers.
+                hit = None
             if hit is not None:
                 return await self._from_cache(request, wire.ChatCompletion.model_validate(hit))
         params = request.params
