@@ -342,6 +342,31 @@ async def test_entries_from_logs(database: Database, project: str) -> None:
     assert (await service.get_dataset(project, dataset_id)).dataset_entry_count == 2
 
 
+async def test_reported_responses_of_any_shape_become_entries_or_errors(database: Database, project: str) -> None:
+    # A report's payloads are whatever its sender chose: no shape may fail the whole request.
+    service = DatasetService(database)
+    dataset_id = await new_dataset(service, project)
+    request = {"model": "m", "messages": [USER]}
+    odd = [
+        [1],
+        [[{"message": ANSWER}]],
+        ["x"],
+        [{"message": [ANSWER]}],
+        [{"message": {"role": "assistant", "content": "4", "tool_calls": 5}}],
+        [{"message": {"role": "assistant", "content": "4", "tool_calls": {"id": "x"}}}],
+        [{"message": {"role": "assistant", "content": None, "tool_calls": [1, "x", None]}}],
+        [{"message": {"role": "assistant", "content": "4", "function_call": "f"}}],
+    ]
+    t0 = 1_700_000_000_000
+    rows = [log_row(project, request, {"choices": c}, source="report", requested_at=t0 + i) for i, c in enumerate(odd)]
+    await insert_logs(database, rows)
+    result = await service.add_entries_from_logs(project, dataset_id, LogFilter())
+    assert (result.entries_created, result.skipped, len(result.errors.data)) == (1, 4, 3)
+    assert [error.entry_index for error in result.errors.data] == [4, 5, 6]
+    [stored] = (await service.list_entries(project, dataset_id)).data
+    assert stored.log_id == rows[7]["id"] and stored.messages[-1] == ANSWER
+
+
 async def test_log_filters(database: Database, project: str) -> None:
     service = DatasetService(database)
     t0 = 1_700_000_000_000

@@ -105,9 +105,11 @@ def entry_from_log(log: Row[Any], split: Split | None) -> dict[str, Any] | None:
         return None
     if log.cache_hit:  # a replay of an earlier completion: a duplicate example, not a new one
         return None
+    # A report's payloads are any JSON its sender chose: every step is checked for its type.
     response = log.resp_payload
     choices = response.get("choices") if isinstance(response, dict) else None
-    message = choices[0].get("message") if isinstance(choices, list) and choices else None
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
     if not isinstance(message, dict):
         return None
     request = log.req_payload if isinstance(log.req_payload, dict) else {}
@@ -115,8 +117,10 @@ def entry_from_log(log: Row[Any], split: Split | None) -> dict[str, Any] | None:
     if not isinstance(messages, list):
         raise InvalidRequestError("its request has no 'messages' array, so there is no conversation to learn.")
     answer: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
-    if message.get("tool_calls"):
-        answer["tool_calls"] = [_tool_call(call) for call in message["tool_calls"]]
+    calls = message.get("tool_calls")
+    if calls:
+        # Not a list: kept as it is, for the entry's validation to name it.
+        answer["tool_calls"] = [_tool_call(call) for call in calls] if isinstance(calls, list) else calls
     if isinstance(message.get("function_call"), dict):
         answer["function_call"] = _function(message["function_call"])
     entry: dict[str, Any] = {"messages": [*messages, answer]}
