@@ -367,6 +367,25 @@ async def test_reported_responses_of_any_shape_become_entries_or_errors(database
     assert stored.log_id == rows[7]["id"] and stored.messages[-1] == ANSWER
 
 
+async def test_from_logs_finds_metadata_keys_of_any_spelling(database: Database, project: str) -> None:
+    # Keys that JSON writes escaped, which SQLite's JSON paths can't spell, and keys that look like path syntax.
+    keys = ['a"b', "a\\b", "line\nbreak", "\x01", "é", "a.b", "[0]", "$.x"]
+    service = DatasetService(database)
+    request = {"model": "m", "messages": [USER]}
+    rows = [log_row(project, request, completion(ANSWER), meta={key: "v"}) for key in keys]
+    await insert_logs(database, rows)
+    for key, row in zip(keys, rows, strict=True):
+        dataset_id = await new_dataset(service, project)
+        found = await service.add_entries_from_logs(project, dataset_id, validate(LogFilter, {"metadata": {key: "v"}}))
+        assert found.entries_created == 1, key
+        [stored] = (await service.list_entries(project, dataset_id)).data
+        assert stored.log_id == row["id"], key
+        without = await service.add_entries_from_logs(
+            project, await new_dataset(service, project), validate(LogFilter, {"metadata": {key: None}})
+        )
+        assert without.entries_created == len(keys) - 1, key
+
+
 async def test_log_filters(database: Database, project: str) -> None:
     service = DatasetService(database)
     t0 = 1_700_000_000_000

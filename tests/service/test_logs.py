@@ -121,6 +121,20 @@ async def test_filters_combine(database: Database, project: str) -> None:
     assert await ids(metadata={"env": "prod"}, model="m2") == []
 
 
+# Keys that JSON writes escaped (SQLite's JSON paths can't spell them) and keys that look like path syntax.
+ODD_KEYS = ['a"b', "a\\b", "line\nbreak", "tab\t", "\x01", '\\"', "é", "a.b", "[0]", "$.x", "a'b", "*"]
+
+
+async def test_metadata_keys_of_any_spelling_are_found(database: Database, project: str) -> None:
+    ids = {key: await insert(database, project, meta={key: "v", "n": str(i)}) for i, key in enumerate(ODD_KEYS)}
+    sqlite = database.is_sqlite
+    for key, log_id in ids.items():
+        page = await service.list_logs(database, project, service.ListQuery(LogFilter(metadata={key: "v"})))
+        assert [log.id for log in page.data] == [log_id], key
+        where = update_clauses(items((f"metadata.{key}", "v")), sqlite=sqlite)
+        assert await service.update_metadata(database, project, where, {"seen": "yes"}) == 1, key
+
+
 async def test_pagination_has_no_gaps_or_repeats(database: Database, project: str) -> None:
     # equal timestamps in runs: the id breaks the tie, so pages neither skip nor repeat across them
     made = {await insert(database, project, requested_at=T0 + i // 3) for i in range(23)}

@@ -32,6 +32,7 @@ from pipeserve.protocol.datasets import (
     Split,
 )
 from pipeserve.service.dataset_entries import entry_from_log, entry_values, export_line
+from pipeserve.service.log_filters import metadata_equals, metadata_missing
 from pipeserve.service.recording import tag_value
 from pipeserve.service.values import check_text, decode_cursor, encode_cursor, has_nul, iso, parse_time
 from pipeserve.store.db import Database, new_id, now_ms
@@ -161,7 +162,7 @@ class DatasetService:
         """
         async with self.db.connect() as conn:
             await self._require(conn, project, dataset_id)
-        conditions = _log_conditions(project, log_filter)
+        conditions = _log_conditions(project, log_filter, sqlite=self.db.is_sqlite)
         remaining = log_filter.limit
         last: tuple[int, str] | None = None
         read = created = skipped = 0
@@ -325,7 +326,7 @@ class DatasetService:
         return len(fresh)
 
 
-def _log_conditions(project: str, log_filter: LogFilter) -> list[ColumnElement[bool]]:
+def _log_conditions(project: str, log_filter: LogFilter, *, sqlite: bool) -> list[ColumnElement[bool]]:
     check_text(log_filter.model, "model")
     check_text(log_filter.metadata, "metadata")
     conditions = [logs.c.project == project]
@@ -344,6 +345,7 @@ def _log_conditions(project: str, log_filter: LogFilter) -> list[ColumnElement[b
         conditions.append(logs.c.requested_at < parse_time(log_filter.to, "to"))
     for key, value in (log_filter.metadata or {}).items():
         text = tag_value(value)
-        stored = logs.c.meta[key].as_string()
-        conditions.append(stored.is_(None) if text is None else stored == text)
+        conditions.append(
+            metadata_missing(key, sqlite=sqlite) if text is None else metadata_equals(key, text, sqlite=sqlite)
+        )
     return conditions

@@ -23,13 +23,32 @@ from pipeserve.service.values import check_text
 from pipeserve.store.tables import log_criteria, logs
 
 
+def _no_sqlite_path(key: str) -> bool:
+    """SQLite's JSON paths match a key as the stored text spells it, escapes included, and have no escapes of
+    their own: a key that JSON writes escaped (a double quote, a backslash, a control character) would silently
+    match nothing, so its members are looked through instead (`json_each` unescapes them)."""
+    return any(char in '"\\' or char < " " for char in key)
+
+
+def _member(key: str, value: str | None) -> ColumnElement[bool]:
+    """The metadata holds `key` with `value` (with any value but null, for None), found among its members."""
+    each = func.json_each(logs.c.meta).table_valued("key", "value")
+    held = each.c.value.is_not(None) if value is None else each.c.value == value
+    return exists(select(literal(1)).select_from(each).where(each.c.key == key, held))
+
+
 def metadata_equals(key: str, value: str, *, sqlite: bool) -> ColumnElement[bool]:
-    if sqlite and '"' in key:
-        # SQLite's JSON paths cannot spell a key holding a double quote (it would silently match nothing):
-        # look through the object's members instead.
-        each = func.json_each(logs.c.meta).table_valued("key", "value")
-        return exists(select(literal(1)).select_from(each).where(each.c.key == key, each.c.value == value))
+    if sqlite and _no_sqlite_path(key):
+        return _member(key, value)
     clause: ColumnElement[bool] = logs.c.meta[key].as_string() == value
+    return clause
+
+
+def metadata_missing(key: str, *, sqlite: bool) -> ColumnElement[bool]:
+    """The log's metadata has no value for `key`."""
+    if sqlite and _no_sqlite_path(key):
+        return ~_member(key, None)
+    clause: ColumnElement[bool] = logs.c.meta[key].as_string().is_(None)
     return clause
 
 
