@@ -4,7 +4,8 @@
 knows, at every point, the shortest text that completes the document into a value valid against the
 schema: the open string closed, missing required properties filled with their shortest valid values,
 arrays padded to `minItems`, every container closed. The engine reserves that many tokens and, when the
-budget runs out, emits them instead of more sampled tokens.
+budget runs out, emits them instead of more sampled tokens. Shortest values come from the fixpoint analysis
+in `instances`, so a recursive schema closes with its shortest finite value, never an endless one.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from pipeserve.structured.schema import Schema, SchemaView, string_completion
+from pipeserve.structured.schema import NoValue, Schema, SchemaView, string_completion
 
 _WS = " \t\n\r"
 _NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
 _SEP_ITEM, _SEP_KEY = ", ", ": "
+_MAX_CHUNKS = 1_000  # pieces of one closing (a member, an item, a bracket...); more is not worth writing
 
 
 @dataclass
@@ -27,6 +29,7 @@ class _Obj:
     keys: list[str] = field(default_factory=list)
     state: str = "key_or_end"  # key_or_end | key | colon | value | comma_or_end
     key: str = ""
+    spaced: bool = False  # whitespace came after the colon: the value needs none before it
 
 
 @dataclass
@@ -96,7 +99,8 @@ class JsonCloser:
                 self.stack.pop()
                 self._value_done()
         elif char in _WS:
-            return
+            if isinstance(top, _Obj) and top.state == "value":
+                top.spaced = True
         elif isinstance(top, _Obj):
             self._object_char(top, char)
         elif isinstance(top, _Arr):
@@ -132,7 +136,7 @@ class JsonCloser:
             self.stack.pop()
             self._value_done()
         elif frame.state == "colon" and char == ":":
-            frame.state = "value"
+            frame.state, frame.spaced = "value", False
         elif frame.state == "value":
             frame.keys.append(frame.key)
             self._start_value(char, self.view.property(frame.schema, frame.key))
@@ -194,23 +198,27 @@ class JsonCloser:
             self.done = True
 
     # --- closing ------------------------------------------------------------------------------------------
-    def closing(self) -> str:
-        """The shortest text found that completes the document validly ("" once it is complete)."""
+    def closing(self) -> str | None:
+        """The shortest text found that completes the document validly ("" once it is complete), or None
+        when no valid completion is known (a value the schema requires is too long to write out, say)."""
         if self.broken or self.done:
             return ""
         twin = self.clone()
         out: list[str] = []
-        for _ in range(10_000):
-            if twin.done or twin.broken:
-                break
-            chunk = twin._next_chunk()
-            if chunk is None:  # a number that is already complete: it ends without a character
-                twin.stack.pop()
-                twin._value_done()
-                continue
-            out.append(chunk)
-            twin.feed(chunk)
-        return "".join(out)
+        try:
+            for _ in range(_MAX_CHUNKS):
+                if twin.done or twin.broken:
+                    return "".join(out)
+                chunk = twin._next_chunk()
+                if chunk is None:  # a number that is already complete: it ends without a character
+                    twin.stack.pop()
+                    twin._value_done()
+                    continue
+                out.append(chunk)
+                twin.feed(chunk)
+        except NoValue:
+            pass
+        return None
 
     def _next_chunk(self) -> str | None:
         if not self.stack:
@@ -279,7 +287,8 @@ class JsonCloser:
         if frame.state == "colon":
             return _SEP_KEY.strip()
         if frame.state == "value":
-            return " " + self._dump(self.view.minimal(self.view.property(schema, frame.key)))
+            lead = "" if frame.spaced else " "
+            return lead + self._dump(self.view.minimal(self.view.property(schema, frame.key)))
         if frame.state == "key":
             key = missing[0] if missing else self._spare_key(frame, schema)
             return self._member(schema, key)
@@ -301,8 +310,10 @@ class JsonCloser:
 
     def _close_array(self, frame: _Arr) -> str:
         schema = self.view.resolve(frame.schema)
-        needed = schema.get("minItems", 0) > frame.count
-        if frame.state == "value" or needed:
+        missing = schema.get("minItems", 0) - frame.count
+        if missing > _MAX_CHUNKS:
+            raise NoValue
+        if frame.state == "value" or missing > 0:
             lead = _SEP_ITEM if frame.state == "comma_or_end" else ""
             return lead + self._dump(self.view.minimal(self.view.item(schema, frame.count)))
         return "]"
