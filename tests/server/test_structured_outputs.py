@@ -1,4 +1,6 @@
-"""response_format end to end: the content is always valid, even when the budget runs out."""
+"""response_format end to end: the content is valid when the budget allows a valid document (closed in
+time when it runs out), truncated with finish_reason `length` when it doesn't, and a schema with no valid
+value is a 400."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 
 import jsonschema
 import openai
+import pydantic
 import pytest
 
 from tests.conftest import MODEL, Server
@@ -97,10 +100,103 @@ def test_a_short_budget_still_gives_valid_json_with_finish_length(client: openai
         assert choice.finish_reason == "stop"
 
 
-def test_a_budget_below_the_shortest_valid_output_is_a_400(client: openai.OpenAI) -> None:
+class City(pydantic.BaseModel):
+    name: str
+    country: str
+    population: int
+
+
+@pytest.mark.parametrize("budget", [1, 5])
+def test_a_budget_too_small_for_a_valid_object_is_truncated_with_finish_length(
+    client: openai.OpenAI, budget: int
+) -> None:
+    # As OpenAI answers: no error, the output as far as the budget went, finish_reason `length`.
+    response = client.chat.completions.create(
+        model=MODEL, messages=ASK, response_format=schema_format(PERSON), max_tokens=budget, temperature=0
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "length"
+    assert response.usage is not None and response.usage.completion_tokens == budget
+    text = choice.message.content or ""
+    assert text.startswith("{") and PERSON["required"][-1] not in text  # cut short of the last property
+    with client.chat.completions.stream(
+        model=MODEL, messages=ASK, response_format=schema_format(PERSON), max_tokens=budget, temperature=0
+    ) as stream:
+        for _ in stream:
+            pass
+        streamed = stream.current_completion_snapshot.choices[0]
+    assert streamed.finish_reason == "length"
+    assert (streamed.message.content or "").startswith("{")
+
+
+@pytest.mark.parametrize("budget", [1, 5])
+def test_parse_raises_the_sdks_length_error_when_the_budget_is_too_small(client: openai.OpenAI, budget: int) -> None:
+    messages: Any = [{"role": "user", "content": "Describe Paris as JSON."}]
+    for parse in (client.chat.completions.parse, client.beta.chat.completions.parse):
+        with pytest.raises(openai.LengthFinishReasonError) as caught:
+            parse(model=MODEL, messages=messages, response_format=City, max_tokens=budget)
+        completion = caught.value.completion
+        assert completion.choices[0].finish_reason == "length"
+        assert completion.usage is not None and completion.usage.completion_tokens == budget
+
+
+LINKED = {
+    "type": "object",
+    "properties": {"value": {"type": "integer"}, "next": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}},
+    "required": ["value", "next"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("budget", [12, 16, 24, 200])
+def test_a_recursive_schema_with_a_way_out_is_closed_by_its_base_case(client: openai.OpenAI, budget: int) -> None:
+    response = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "A linked list of three numbers as JSON."}],
+        response_format=schema_format(LINKED),
+        max_tokens=budget,
+        seed=budget,
+    )
+    assert_valid(response.choices[0].message.content, LINKED)
+    assert response.usage is not None and response.usage.completion_tokens <= budget
+
+
+# Schemas with no finite valid value, each with words of its message; the same kinds as in
+# tests/structured/test_instances.py, here through the server, plain and streamed.
+UNSATISFIABLE: list[tuple[dict[str, Any], str]] = [
+    ({"$ref": "#"}, '"$ref": "#"'),
+    ({"anyOf": [{"$ref": "#"}]}, "#/anyOf/0"),
+    ({"type": "object", "properties": {"next": {"$ref": "#"}}, "required": ["next"]}, "#/properties/next"),
+    ({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, "$ref"),
+    ({"not": {}}, '"not"'),
+    ({"type": "object", "properties": {"a": False}, "required": ["a"]}, "`false`"),
+    ({"type": "object", "required": ["a"], "additionalProperties": False}, '"additionalProperties": false'),
+    ({"type": "string", "enum": [1]}, '"enum"'),
+    ({"const": "x", "type": "integer"}, '"const"'),
+    ({"allOf": [{"type": "string"}, {"type": "number"}]}, '"type"'),
+    ({"type": "array", "minItems": 3, "maxItems": 1}, "minItems 3"),
+    ({"type": "integer", "minimum": 5, "maximum": 1}, "minimum 5"),
+    ({"type": "integer", "minimum": 0.2, "maximum": 0.8}, "integer"),
+    ({"type": "object", "maxProperties": 1, "required": ["a", "b"]}, "maxProperties"),
+    ({"type": "object", "properties": {"a": {"$ref": "#/$defs/nowhere"}}}, "#/$defs/nowhere"),
+    # llguidance's own verdict: no string of length 3 matches ^a$
+    ({"type": "string", "pattern": "^a$", "minLength": 3}, "Unsatisfiable"),
+]
+
+
+@pytest.mark.parametrize(("schema", "words"), UNSATISFIABLE)
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_schema_without_a_finite_value_is_a_400_naming_it(
+    client: openai.OpenAI, schema: dict[str, Any], words: str, stream: bool
+) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model=MODEL, messages=ASK, response_format=schema_format(PERSON), max_tokens=5)  # type: ignore[arg-type]
-    assert caught.value.body["param"] == "max_completion_tokens"  # type: ignore[index]
+        client.chat.completions.create(
+            model=MODEL, messages=ASK, response_format=schema_format(schema), max_tokens=30, stream=stream
+        )  # type: ignore[call-overload]
+    body: Any = caught.value.body
+    assert body["param"] == "response_format.json_schema.schema"
+    assert body["type"] == "invalid_request_error"
+    assert words in body["message"]
 
 
 async def test_fifty_random_schemas_all_yield_valid_output(server: Server) -> None:
@@ -150,7 +246,7 @@ def test_a_keyword_that_cannot_be_enforced_is_a_400_naming_it(
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=MODEL, messages=ASK, response_format=schema_format(schema), max_tokens=30)  # type: ignore[arg-type]
     assert words in caught.value.body["message"]  # type: ignore[index]
-    assert caught.value.body["param"] == "response_format"  # type: ignore[index]
+    assert caught.value.body["param"] == "response_format.json_schema.schema"  # type: ignore[index]
 
 
 def test_an_invalid_schema_is_a_400(client: openai.OpenAI) -> None:

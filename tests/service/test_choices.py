@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pipeserve.engines.base import Delta, TokenLogprob
 from pipeserve.service.choices import ChoiceState, Emitted
+from pipeserve.structured.tools import OneCall
 
 
 def lp(token: str) -> TokenLogprob:
@@ -159,3 +160,36 @@ def test_held_logprobs_are_released_on_the_engines_finish() -> None:
     assert emitted is not None and emitted.text == "X"
     assert tokens_of(emitted) == ["X"]
     assert [e.token for e in state.logprobs] == ["X"]
+
+
+CALL = '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>'
+
+
+def test_with_one_call_the_choice_ends_right_after_its_first_complete_call() -> None:
+    state = ChoiceState(0, (), one_call=OneCall(frozenset({"add"})))
+    pieces = ["Sure ", '<tool_call>{"name": "nope", "arguments": {}}</tool_call>', CALL[:20], CALL[20:-3]]
+    assert [e.finish_reason for e in map(state.feed, map(delta, pieces))] == [None] * 4
+    emitted = state.feed(delta(CALL[-3:] + "\nMore", logprobs=["l>\nMore"]))
+    assert emitted is not None and emitted.finish_reason == "stop"
+    assert state.content == "Sure " + '<tool_call>{"name": "nope", "arguments": {}}</tool_call>' + CALL
+    assert tokens_of(emitted) == ["l>\nMore"]  # the token that ends the call keeps its logprob
+    assert state.feed(delta("ignored")) is None
+
+
+def test_with_one_call_a_stop_string_before_the_call_ends_still_wins() -> None:
+    state = ChoiceState(0, ("Sure",), one_call=OneCall(frozenset({"add"})))
+    emitted = state.feed(delta("Ok Sure " + CALL))
+    assert emitted == Emitted("Ok ", [], "stop")
+
+
+def test_without_one_call_calls_do_not_end_the_choice() -> None:
+    state = ChoiceState(0, ())
+    assert state.feed(delta(CALL + CALL)) == Emitted(CALL + CALL, [], None)
+
+
+def test_with_one_leading_call_content_first_means_no_call_ends_the_choice() -> None:
+    state = ChoiceState(0, (), one_call=OneCall(frozenset({"add"}), leading=True))
+    assert state.feed(delta("Sure " + CALL + " more")) == Emitted("Sure " + CALL + " more", [], None)
+    state = ChoiceState(0, (), one_call=OneCall(frozenset({"add"}), leading=True))
+    assert [state.feed(delta(piece)) for piece in ("\n<tool", CALL[5:] + " more")][-1] == Emitted(CALL[5:], [], "stop")
+    assert state.content == "\n" + CALL

@@ -5,6 +5,7 @@ The streamed deltas, accumulated by the `openai` SDK, must give the same message
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from typing import Any
@@ -31,8 +32,15 @@ ADD = ToolSpec(
 TOOLS = (WEATHER, ADD)
 
 
+ADD_CALL = {"name": "add", "arguments": {"a": 1}}
+
+
 def params(output: OutputMode, *, legacy: bool = False) -> ChatParams:
     return ChatParams(model="m", messages=(), tools=TOOLS, output=output, legacy_functions=legacy)
+
+
+def one_call(chat: ChatParams) -> ChatParams:
+    return dataclasses.replace(chat, parallel_tool_calls=False)
 
 
 def block(name: str, arguments: dict[str, Any]) -> str:
@@ -53,15 +61,21 @@ def assert_no_none(value: Any) -> None:
             assert_no_none(item)
 
 
-def stream(
-    chat: ChatParams, pieces: list[str], engine_finish: str
-) -> tuple[wire.ChunkDelta, list[wire.ChunkDelta], list[wire.ChunkDelta], str]:
-    """first(), the deltas of every feed(), and finish()'s deltas and reason."""
+def stream(chat: ChatParams, pieces: list[str], engine_finish: str) -> tuple[list[wire.ChunkDelta], str]:
+    """Every delta a stream sends for these pieces (the opening, each feed's, the finish's) and the reason."""
     shaper = StreamShaper(chat)
-    first = shaper.first()
-    fed = [delta for piece in pieces for delta in shaper.feed(piece)]
+    opening = shaper.opening()
+    deltas = [] if opening is None else [opening]
+    deltas += [delta for piece in pieces for delta in shaper.feed(piece)]
     rest, reason = shaper.finish(engine_finish)
-    return first, fed, rest, reason
+    return deltas + rest, reason
+
+
+def assert_role_first(deltas: list[wire.ChunkDelta]) -> None:
+    """The role comes once, on the first delta, which clients merge the others onto."""
+    assert deltas
+    assert [i for i, delta in enumerate(deltas) if delta.role is not None] == [0]
+    assert deltas[0].role == "assistant"
 
 
 def sdk_accumulate(deltas: list[wire.ChunkDelta], finish_reason: str) -> Any:
@@ -78,10 +92,15 @@ def sdk_accumulate(deltas: list[wire.ChunkDelta], finish_reason: str) -> Any:
 
 def assert_stream_matches_final(chat: ChatParams, text: str, pieces: list[str], engine_finish: str) -> None:
     message, final_reason = final_message(chat, text, engine_finish)
-    first, fed, rest, reason = stream(chat, pieces, engine_finish)
-    deltas = [first, *fed, *rest]
+    deltas, reason = stream(chat, pieces, engine_finish)
+    assert_role_first(deltas)
     for delta in deltas:
         assert_no_none(delta.model_dump())
+    if message.content is None and message.tool_calls:  # the role comes with the first call's head
+        assert deltas[0].tool_calls is not None and deltas[0].tool_calls[0].id is not None
+        assert deltas[0].tool_calls[0].function.name == message.tool_calls[0].function.name
+    if message.content is None and message.function_call is not None:
+        assert deltas[0].function_call is not None and deltas[0].function_call.name == message.function_call.name
     choice = sdk_accumulate(deltas, reason)
 
     assert reason == final_reason
@@ -143,7 +162,7 @@ def test_tool_json_becomes_tool_calls() -> None:
 
 
 def test_tool_json_list_becomes_parallel_tool_calls() -> None:
-    text = '[{"name":"add","arguments":{"a":1,"b":2}},{"name":"get_weather","arguments":{"city":"Paris"}}]'
+    text = '[{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "get_weather", "arguments": {"city": "Paris"}}]'
     message, reason = final_message(params("tool_json"), text, "stop")
     assert reason == "tool_calls"
     assert message.tool_calls is not None
@@ -155,7 +174,7 @@ def test_tool_json_list_becomes_parallel_tool_calls() -> None:
 
 
 def test_tool_json_with_legacy_functions_becomes_a_function_call() -> None:
-    text = '[{"name":"add","arguments":{"a":1,"b":2}},{"name":"get_weather","arguments":{"city":"Paris"}}]'
+    text = '[{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "get_weather", "arguments": {"city": "Paris"}}]'
     message, reason = final_message(params("tool_json", legacy=True), text, "stop")
     assert reason == "function_call"
     assert message.content is None
@@ -165,13 +184,69 @@ def test_tool_json_with_legacy_functions_becomes_a_function_call() -> None:
 
 
 @pytest.mark.parametrize("legacy", [False, True])
-@pytest.mark.parametrize("output", ["tool_json", "auto_tools"])
-def test_a_truncated_call_keeps_finish_length(output: OutputMode, legacy: bool) -> None:
-    call = {"name": "add", "arguments": {"a": 1}}
-    text = json.dumps(call) if output == "tool_json" else CALL_OPEN + json.dumps(call) + CALL_CLOSE
-    message, reason = final_message(params(output, legacy=legacy), text, "length")
+def test_a_constrained_call_cut_by_the_budget_keeps_finish_length(legacy: bool) -> None:
+    message, reason = final_message(params("tool_json", legacy=legacy), json.dumps(ADD_CALL), "length")
     assert reason == "length"
     assert (message.function_call if legacy else message.tool_calls) is not None
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_truncated_constrained_json_gives_the_calls_named_so_far_with_their_text(legacy: bool) -> None:
+    text = '[{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "get_weather", "arguments": {"city": "Pa'
+    message, reason = final_message(params("tool_json", legacy=legacy), text, "length")
+    assert reason == "length"
+    assert message.content is None
+    if legacy:
+        assert message.function_call is not None
+        assert (message.function_call.name, message.function_call.arguments) == ("add", '{"a": 1, "b": 2}')
+        return
+    assert message.tool_calls is not None
+    assert [(c.function.name, c.function.arguments) for c in message.tool_calls] == [
+        ("add", '{"a": 1, "b": 2}'),
+        ("get_weather", '{"city": "Pa'),
+    ]
+
+
+@pytest.mark.parametrize("text", ["", '{"na', '{"name": "get_wea', '[{"name": "add'])
+def test_constrained_json_cut_before_any_name_is_returned_as_content(text: str) -> None:
+    message, reason = final_message(params("tool_json"), text, "length")
+    assert reason == "length"
+    assert message.tool_calls is None
+    assert message.content == text
+
+
+def test_an_auto_call_cut_by_the_budget_keeps_finish_length() -> None:
+    message, reason = final_message(params("auto_tools"), CALL_OPEN + json.dumps(ADD_CALL) + CALL_CLOSE, "length")
+    assert reason == "length"
+    assert message.tool_calls is not None
+
+
+@pytest.mark.parametrize("engine_finish", ["stop", "length"])
+def test_parallel_tool_calls_false_ends_the_auto_answer_with_its_first_call(engine_finish: str) -> None:
+    text = "Sure. " + block("get_weather", {"city": "Paris"}) + " and " + block("add", {"a": 1, "b": 2}) + " ramble"
+    message, reason = final_message(one_call(params("auto_tools")), text, engine_finish)
+    # What follows the one call allowed is dropped, as if generation had stopped there: nothing of the answer
+    # was cut, whatever the budget did after it.
+    assert reason == "tool_calls"
+    assert message.content == "Sure. "
+    assert [(c.function.name, c.function.arguments) for c in message.tool_calls or []] == [
+        ("get_weather", '{"city": "Paris"}')
+    ]
+
+
+@pytest.mark.parametrize("engine_finish", ["stop", "length"])
+def test_a_legacy_auto_answer_is_its_opening_function_call_or_content(engine_finish: str) -> None:
+    chat = params("auto_tools", legacy=True)
+    call, other = block("get_weather", {"city": "Paris"}), block("add", {"a": 1, "b": 2})
+    message, reason = final_message(chat, "\n" + call + " and " + other + " ramble", engine_finish)
+    assert reason == "function_call"
+    assert message.content is None and message.tool_calls is None
+    assert message.function_call is not None
+    assert (message.function_call.name, message.function_call.arguments) == ("get_weather", '{"city": "Paris"}')
+    # As OpenAI's legacy answers are one or the other (and the openpipe SDK's stream merger needs it so), a
+    # block after content is content.
+    message, reason = final_message(chat, "Sure. " + call, engine_finish)
+    assert (message.content, message.function_call, reason) == ("Sure. " + call, None, engine_finish)
 
 
 def test_auto_tools_picks_out_calls() -> None:
@@ -196,10 +271,10 @@ def test_auto_tools_with_only_calls_has_null_content() -> None:
 
 
 def test_auto_tools_with_legacy_functions_gives_the_first_call() -> None:
-    text = "Ok " + block("get_weather", {"city": "Paris"}) + block("add", {"a": 1, "b": 2})
+    text = block("get_weather", {"city": "Paris"}) + block("add", {"a": 1, "b": 2})
     message, reason = final_message(params("auto_tools", legacy=True), text, "stop")
     assert reason == "function_call"
-    assert message.content == "Ok "
+    assert message.content is None
     assert message.tool_calls is None
     assert message.function_call is not None
     assert (message.function_call.name, message.function_call.arguments) == ("get_weather", '{"city": "Paris"}')
@@ -222,67 +297,79 @@ def test_auto_tools_without_calls_is_plain_content(text: str, engine_finish: str
 
 
 @pytest.mark.parametrize("legacy", [False, True])
-def test_first_delta(legacy: bool) -> None:
-    assert StreamShaper(params("tool_json", legacy=legacy)).first().model_dump() == {"role": "assistant"}
-    for output in ("text", "auto_tools"):
-        first = StreamShaper(params(output, legacy=legacy)).first()  # type: ignore[arg-type]
-        assert first.model_dump() == {"role": "assistant", "content": ""}
+def test_only_plain_text_opens_before_any_text(legacy: bool) -> None:
+    assert dumps([StreamShaper(params("text", legacy=legacy)).opening()]) == [{"role": "assistant", "content": ""}]  # type: ignore[list-item]
+    assert StreamShaper(params("auto_tools", legacy=legacy)).opening() is None
+    assert StreamShaper(params("tool_json", legacy=legacy)).opening() is None
 
 
 @pytest.mark.parametrize("engine_finish", ["stop", "length"])
 def test_text_stream_is_content_deltas(engine_finish: str) -> None:
     shaper = StreamShaper(params("text"))
+    shaper.opening()
     assert dumps(shaper.feed("Hel")) == [{"content": "Hel"}]
     assert shaper.feed("") == []
     assert dumps(shaper.feed(CALL_OPEN)) == [{"content": CALL_OPEN}]
     assert shaper.finish(engine_finish) == ([], engine_finish)
 
 
-def test_tool_json_stream_sends_the_calls_at_the_finish() -> None:
+def test_tool_json_stream_opens_with_the_role_and_the_call_head_then_streams_the_arguments() -> None:
     shaper = StreamShaper(params("tool_json"))
-    text = '[{"name":"add","arguments":{"a":1,"b":2}},{"name":"get_weather","arguments":{"city":"Paris"}}]'
-    for piece in (text[:10], text[10:40], text[40:]):
-        assert shaper.feed(piece) == []
-    deltas, reason = shaper.finish("stop")
-    assert reason == "tool_calls"
-    dumped = dumps(deltas)
-    ids = [d["tool_calls"][0].get("id") for d in dumped]
-    assert all(ids[i].startswith("call_") for i in (0, 2)) and ids[0] != ids[2]
-    assert dumped == [
-        {"tool_calls": [{"index": 0, "id": ids[0], "type": "function", "function": {"name": "add", "arguments": ""}}]},
-        {"tool_calls": [{"index": 0, "function": {"arguments": '{"a": 1, "b": 2}'}}]},
+    assert shaper.feed('[{"name": "ad') == []
+    head = dumps(shaper.feed('d", "argu'))
+    call_id = head[0]["tool_calls"][0]["id"]
+    assert call_id.startswith("call_")
+    assert head == [
         {
+            "role": "assistant",
             "tool_calls": [
-                {"index": 1, "id": ids[2], "type": "function", "function": {"name": "get_weather", "arguments": ""}}
-            ]
-        },
-        {"tool_calls": [{"index": 1, "function": {"arguments": '{"city": "Paris"}'}}]},
+                {"index": 0, "id": call_id, "type": "function", "function": {"name": "add", "arguments": ""}}
+            ],
+        }
     ]
+    assert dumps(shaper.feed('ments": {"a": 1,')) == [
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"a": 1,'}}]}
+    ]
+    # The second call's head comes once its name is known, after the rest of the first call's arguments.
+    dumped = dumps(shaper.feed(' "b": 2}}, {"name": "get_weather", "arguments": {"city": "Paris"}}]'))
+    second = dumped[1]["tool_calls"][0]
+    assert dumped[0] == {"tool_calls": [{"index": 0, "function": {"arguments": ' "b": 2}'}}]}
+    assert (
+        second["index"] == 1
+        and second["id"] != call_id
+        and second["function"] == {"name": "get_weather", "arguments": ""}
+    )
+    assert dumped[2] == {"tool_calls": [{"index": 1, "function": {"arguments": '{"city": "Paris"}'}}]}
+    assert shaper.finish("stop") == ([], "tool_calls")
 
 
 def test_tool_json_stream_with_legacy_functions_sends_one_function_call() -> None:
     shaper = StreamShaper(params("tool_json", legacy=True))
-    text = '[{"name":"add","arguments":{"a":1,"b":2}},{"name":"get_weather","arguments":{"city":"Paris"}}]'
-    assert shaper.feed(text) == []
-    deltas, reason = shaper.finish("stop")
-    assert reason == "function_call"
-    assert dumps(deltas) == [
-        {"function_call": {"name": "add", "arguments": ""}},
+    text = '[{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "get_weather", "arguments": {"city": "Paris"}}]'
+    assert dumps(shaper.feed(text)) == [
+        {"role": "assistant", "function_call": {"name": "add", "arguments": ""}},
         {"function_call": {"arguments": '{"a": 1, "b": 2}'}},
     ]
+    assert shaper.finish("stop") == ([], "function_call")
 
 
 def test_tool_json_stream_keeps_finish_length() -> None:
     shaper = StreamShaper(params("tool_json"))
-    shaper.feed('{"name":"add","arguments":{}}')
+    assert len(shaper.feed('{"name": "add", "arguments": {}}')) == 2
+    assert shaper.finish("length") == ([], "length")
+
+
+def test_tool_json_stream_cut_before_a_name_ends_with_the_text_as_content() -> None:
+    shaper = StreamShaper(params("tool_json"))
+    assert shaper.feed('{"name": "get_w') == []
     deltas, reason = shaper.finish("length")
+    assert dumps(deltas) == [{"role": "assistant", "content": '{"name": "get_w'}]
     assert reason == "length"
-    assert len(deltas) == 2
 
 
 def test_auto_stream_emits_content_then_the_call_once_its_block_closes() -> None:
     shaper = StreamShaper(params("auto_tools"))
-    assert dumps(shaper.feed("Let me check. <tool")) == [{"content": "Let me check. "}]
+    assert dumps(shaper.feed("Let me check. <tool")) == [{"role": "assistant", "content": "Let me check. "}]
     assert shaper.feed('_call>{"name": "get_weather", ') == []
     assert shaper.feed('"arguments": {"city": "Paris"}}</tool_') == []
     dumped = dumps(shaper.feed("call>"))
@@ -305,7 +392,7 @@ def test_auto_stream_emits_content_then_the_call_once_its_block_closes() -> None
 
 def test_auto_stream_finish_flushes_held_text() -> None:
     shaper = StreamShaper(params("auto_tools"))
-    assert dumps(shaper.feed("a <tool")) == [{"content": "a "}]
+    assert dumps(shaper.feed("a <tool")) == [{"role": "assistant", "content": "a "}]
     deltas, reason = shaper.finish("stop")
     assert dumps(deltas) == [{"content": "<tool"}]
     assert reason == "stop"
@@ -325,11 +412,50 @@ def test_auto_stream_with_a_call_and_finish_length_keeps_length() -> None:
     assert shaper.finish("length") == ([], "length")
 
 
+def test_auto_stream_opens_with_the_role_and_the_first_call_head() -> None:
+    shaper = StreamShaper(params("auto_tools"))
+    assert shaper.feed("\n") == []  # blank content: dropped if a call comes, so the role waits too
+    head, body = dumps(shaper.feed(block("add", {"a": 1, "b": 2})))
+    assert head["role"] == "assistant" and "content" not in head
+    assert head["tool_calls"][0]["function"] == {"name": "add", "arguments": ""}
+    assert body == {"tool_calls": [{"index": 0, "function": {"arguments": '{"a": 1, "b": 2}'}}]}
+
+
+@pytest.mark.parametrize("output", ["auto_tools", "tool_json"])
+def test_a_stream_with_no_text_still_sends_the_role(output: OutputMode) -> None:
+    shaper = StreamShaper(params(output))
+    deltas, reason = shaper.finish("stop")
+    assert dumps(deltas) == [{"role": "assistant", "content": ""}]
+    assert reason == "stop"
+
+
+def test_reasoning_first_carries_the_role() -> None:
+    shaper = StreamShaper(params("auto_tools"))
+    assert dumps([shaper.reasoning("hmm")]) == [{"role": "assistant", "reasoning_content": "hmm"}]
+    assert dumps(shaper.feed("Hi")) == [{"content": "Hi"}]
+
+
+def test_auto_stream_with_one_call_allowed_drops_what_follows_it() -> None:
+    shaper = StreamShaper(one_call(params("auto_tools")))
+    deltas = shaper.feed("Ok " + block("add", {"a": 1, "b": 2}) + " more " + block("get_weather", {"city": "Paris"}))
+    assert deltas[0].content == "Ok " and len(deltas) == 3
+    assert shaper.feed(" and more") == []
+    assert shaper.finish("length") == ([], "tool_calls")
+
+
+def test_legacy_auto_stream_after_content_streams_blocks_as_content() -> None:
+    shaper = StreamShaper(params("auto_tools", legacy=True))
+    # No call can follow content: nothing is held back any more.
+    assert dumps(shaper.feed("Ok <tool")) == [{"role": "assistant", "content": "Ok "}, {"content": "<tool"}]
+    assert dumps(shaper.feed("_call>")) == [{"content": "_call>"}]
+    assert shaper.finish("stop") == ([], "stop")
+
+
 def test_auto_stream_with_legacy_functions_sends_only_the_first_call() -> None:
     shaper = StreamShaper(params("auto_tools", legacy=True))
     deltas = shaper.feed(block("get_weather", {"city": "Paris"}) + block("add", {"a": 1, "b": 2}))
     assert dumps(deltas) == [
-        {"function_call": {"name": "get_weather", "arguments": ""}},
+        {"role": "assistant", "function_call": {"name": "get_weather", "arguments": ""}},
         {"function_call": {"arguments": '{"city": "Paris"}'}},
     ]
     assert shaper.finish("stop") == ([], "function_call")
@@ -393,7 +519,7 @@ def test_auto_stream_examples_accumulate_to_the_final_message(text: str, engine_
     "text",
     [
         '{"name": "get_weather", "arguments": {"city": "Zürich"}}',
-        '[{"name":"add","arguments":{"a":1,"b":2}},{"name":"get_weather","arguments":{"city":"Paris"}}]',
+        '[{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "get_weather", "arguments": {"city": "Paris"}}]',
     ],
 )
 def test_tool_json_stream_accumulates_to_the_final_message(text: str, legacy: bool, engine_finish: str) -> None:
@@ -415,3 +541,30 @@ def test_auto_stream_whitespace_around_calls_accumulates_to_the_final_message(le
     text = "\n" + block("add", {"a": 1, "b": 2}) + "\n"
     assert final_message(params("auto_tools", legacy=legacy), text, "stop")[0].content is None
     assert_stream_matches_final(params("auto_tools", legacy=legacy), text, [text], "stop")
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_constrained_json_cut_anywhere_accumulates_to_the_final_message(legacy: bool) -> None:
+    calls = [
+        {"name": "add", "arguments": {"a": 1, "b": [2, '}"']}},
+        {"name": "get_weather", "arguments": {"city": "Zü"}},
+    ]
+    text = json.dumps(calls, ensure_ascii=False)
+    rng = random.Random(7)
+    for cut in range(len(text) + 1):
+        chat = params("tool_json", legacy=legacy)
+        assert_stream_matches_final(chat, text[:cut], random_slices(rng, text[:cut]), "length")
+
+
+@pytest.mark.parametrize("engine_finish", ["stop", "length"])
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("seed", range(30))
+def test_auto_stream_with_one_call_allowed_accumulates_to_the_final_message(
+    seed: int, legacy: bool, engine_finish: str
+) -> None:
+    rng = random.Random(seed)
+    text = random_auto_text(rng)
+    chat = one_call(params("auto_tools", legacy=legacy))
+    assert_stream_matches_final(chat, text, random_slices(rng, text), engine_finish)
+    message, _ = final_message(chat, text, engine_finish)
+    assert len(message.tool_calls or []) <= 1

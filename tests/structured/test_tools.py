@@ -14,7 +14,11 @@ from pipeserve.structured.tools import (
     CALL_CLOSE,
     CALL_OPEN,
     AutoCallStream,
+    CallReader,
+    OneCall,
+    called_names,
     calls_schema,
+    first_call_end,
     parse_auto,
     parse_constrained,
     render_call,
@@ -100,16 +104,47 @@ def test_parallel_schema_is_a_non_empty_array_of_calls(tools: tuple[ToolSpec, ..
     assert not valid(schema, {"name": "get_weather", "arguments": {"city": "Paris"}})
 
 
+DEFS = ToolSpec(
+    name="plan",
+    description=None,
+    parameters={
+        "$defs": {
+            "step": {"type": "object", "properties": {"do": {"type": "string"}, "then": {"$ref": "#/$defs/next"}}},
+            "next": {"anyOf": [{"$ref": "#/$defs/step"}, {"type": "null"}]},
+        },
+        "type": "object",
+        "properties": {"first": {"$ref": "#/$defs/step"}},
+        "required": ["first"],
+    },
+)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_parameters_with_local_refs_keep_their_meaning_inside_the_call_schema(parallel: bool) -> None:
+    schema = calls_schema((WEATHER, DEFS), parallel=parallel)
+    good = {"name": "plan", "arguments": {"first": {"do": "a", "then": {"do": "b", "then": None}}}}
+    bad = {"name": "plan", "arguments": {"first": {"do": "a", "then": {"do": 1}}}}
+    assert valid(schema, [good] if parallel else good)
+    assert not valid(schema, [bad] if parallel else bad)
+    assert DEFS.parameters["properties"]["first"] == {"$ref": "#/$defs/step"}  # the tool's own schema is untouched
+    assert called_names(schema) == ["get_weather", "plan"]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_called_names(parallel: bool) -> None:
+    assert called_names(calls_schema((ADD,), parallel=parallel)) == ["add"]
+    assert called_names(calls_schema((WEATHER, ADD), parallel=parallel)) == ["get_weather", "add"]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # parse_constrained
 # ---------------------------------------------------------------------------------------------------------
 
 
 def test_parse_constrained_one_object() -> None:
-    calls = parse_constrained('{"name":"get_weather","arguments":{"city":"Zürich"}}')
+    calls = parse_constrained('{"name": "get_weather", "arguments": {"city": "Zürich"}}')
     assert len(calls) == 1
     assert calls[0].name == "get_weather"
-    assert calls[0].arguments == json.dumps({"city": "Zürich"}, ensure_ascii=False)
     assert calls[0].arguments == '{"city": "Zürich"}'
     assert calls[0].id.startswith("call_")
     assert len(calls[0].id) > len("call_")
@@ -128,10 +163,66 @@ def test_parse_constrained_a_list_keeps_order_and_gives_distinct_ids() -> None:
     assert len({call.id for call in calls}) == 2
 
 
-def test_parse_constrained_reserialises_arguments() -> None:
-    calls = parse_constrained('{ "name" : "add" ,\n "arguments" : { "a" :1,"b":  2 } }')
-    assert signature(calls) == [("add", '{"a": 1, "b": 2}')]
-    assert json.loads(calls[0].arguments) == {"a": 1, "b": 2}
+def test_parse_constrained_keeps_the_arguments_as_generated() -> None:
+    # A stream sends argument text as it is generated, so the plain response carries the same text.
+    calls = parse_constrained('{ "name" : "add" ,\n "arguments" : { "a" :1,"b":  2, "c": "\\u00e9" } }')
+    assert signature(calls) == [("add", '{ "a" :1,"b":  2, "c": "\\u00e9" }')]
+    assert json.loads(calls[0].arguments) == {"a": 1, "b": 2, "c": "é"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", []),
+        ('[{"name": "ad', []),
+        ('{"name": "add"', [("add", "")]),
+        ('{"name": "add", "arguments": {"a": 1, "b"', [("add", '{"a": 1, "b"')]),
+        (
+            '[{"name": "add", "arguments": {}}, {"name": "get_weather", "arguments": ',
+            [("add", "{}"), ("get_weather", "")],
+        ),
+    ],
+)
+def test_parse_constrained_of_truncated_json_gives_the_calls_named_so_far(
+    text: str, expected: list[tuple[str, str]]
+) -> None:
+    assert signature(parse_constrained(text)) == expected
+
+
+def call_json(rng: random.Random) -> str:
+    calls = [
+        rng.choice(
+            [
+                {"name": "add", "arguments": {"a": rng.randint(-9, 9), "b": rng.randint(0, 9)}},
+                {"name": "get_weather", "arguments": {"city": rng.choice(["Paris", "Zürich", '"}]{[', "\\"])}},
+                {"name": "get_weather", "arguments": {"city": "x", "days": [1, {"d": [[]]}], "n": None}},
+            ]
+        )
+        for _ in range(rng.randint(1, 3))
+    ]
+    return json.dumps(calls if len(calls) > 1 or rng.random() < 0.5 else calls[0], ensure_ascii=rng.random() < 0.5)
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_call_reader_streams_what_parse_constrained_returns(seed: int) -> None:
+    rng = random.Random(seed)
+    text = call_json(rng)
+    text = text[: rng.randint(0, len(text))] if rng.random() < 0.5 else text
+    reader = CallReader()
+    streamed: list[list[str]] = []
+    for piece in random_slices(rng, text):
+        for kind, value in reader.feed(piece):
+            if kind == "call":
+                streamed.append([value, ""])
+            else:
+                assert streamed, "arguments before their call's name"
+                streamed[-1][1] += value
+    assert [tuple(pair) for pair in streamed] == signature(parse_constrained(text)) == signature(reader.calls())
+    if text == call_json(random.Random(seed)):  # whole: the arguments are the values, as JSON
+        value = json.loads(text)
+        assert [json.loads(a) for _, a in streamed] == [
+            c["arguments"] for c in (value if isinstance(value, list) else [value])
+        ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -220,6 +311,51 @@ def test_parse_auto_ignores_calls_when_no_tool_is_known() -> None:
     assert parse_auto(text, set()) == (text, [])
 
 
+def test_parse_auto_with_a_limit_ends_the_answer_with_the_last_call_allowed() -> None:
+    text = "A " + block("unknown", {}) + " B " + block("add", {"a": 1, "b": 2}) + " C " + block("add", {"a": 3, "b": 4})
+    content, calls = parse_auto(text, NAMES, limit=1)
+    assert content == "A " + block("unknown", {}) + " B "
+    assert signature(calls) == [("add", '{"a": 1, "b": 2}')]
+    assert parse_auto("only text", NAMES, limit=1) == ("only text", [])
+
+
+def test_parse_auto_leading_takes_only_a_call_that_opens_the_answer() -> None:
+    call = block("add", {"a": 1, "b": 2})
+    assert signature(parse_auto(" \n" + call + " after", NAMES, leading=True)[1]) == [("add", '{"a": 1, "b": 2}')]
+    for text in ("Sure. " + call, block("unknown", {}) + call, CALL_OPEN + "{}" + CALL_CLOSE + call):
+        assert parse_auto(text, NAMES, leading=True) == (text, [])
+
+
+ONE = OneCall(frozenset(NAMES))
+LEADING = OneCall(frozenset(NAMES), leading=True)
+
+
+def first_end_fed(text: str, rule: OneCall) -> tuple[int | None, int]:
+    """first_call_end fed one character at a time, as ChoiceState calls it: the end, and when it was found."""
+    start: int | None = 0
+    for cut in range(len(text) + 1):
+        if start is None:
+            return None, cut
+        found, start = first_call_end(text[:cut], rule, start)
+        if found is not None:
+            return found, cut
+    return None, len(text)
+
+
+def test_first_call_end_finds_the_end_of_the_first_complete_call() -> None:
+    first = "Hi " + block("unknown", {}) + " " + block("add", {"a": 1, "b": 2})
+    text = first + " rest " + block("add", {"a": 3, "b": 4})
+    assert first_call_end(text, ONE)[0] == len(first)
+    assert first_end_fed(text, ONE) == (len(first), len(first))
+
+
+def test_first_call_end_leading_gives_up_once_content_comes_first() -> None:
+    call = "\n" + block("add", {"a": 1, "b": 2})
+    assert first_end_fed(call + " rest", LEADING) == (len(call), len(call))
+    assert first_end_fed("Hi " + call, LEADING) == (None, 2)  # "H" can't open a block: no call can come
+    assert first_end_fed(block("unknown", {}) + call, LEADING)[0] is None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # AutoCallStream
 # ---------------------------------------------------------------------------------------------------------
@@ -291,6 +427,30 @@ def test_stream_one_character_at_a_time_agrees_with_parse_auto(seed: int) -> Non
 def test_stream_in_one_piece_agrees_with_parse_auto() -> None:
     text = "Sure. " + block("add", {"a": 1, "b": 2}) + block("unknown", {}) + " <tool"
     assert_stream_agrees(text, [text])
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_stream_with_a_limit_agrees_with_parse_auto(seed: int) -> None:
+    rng = random.Random(seed)
+    text = random_auto_text(rng)
+    events = run_stream(AutoCallStream(NAMES, limit=1), random_slices(rng, text))
+    content, calls = parse_auto(text, NAMES, limit=1)
+    streamed = "".join(event for event in events if isinstance(event, str))
+    assert streamed == content or (content is None and not streamed.strip())
+    assert signature([e for e in events if isinstance(e, ToolCall)]) == signature(calls)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_stream_with_leading_calls_agrees_with_parse_auto(seed: int) -> None:
+    rng = random.Random(seed)
+    text = random_auto_text(rng)
+    if rng.random() < 0.5:
+        text = rng.choice(["", " ", "\n"]) + block("add", {"a": 1, "b": 2}) + text
+    events = run_stream(AutoCallStream(NAMES, limit=1, leading=True), random_slices(rng, text))
+    content, calls = parse_auto(text, NAMES, limit=1, leading=True)
+    streamed = "".join(event for event in events if isinstance(event, str))
+    assert streamed == content or (content is None and not streamed.strip())
+    assert signature([e for e in events if isinstance(e, ToolCall)]) == signature(calls)
 
 
 def test_stream_keeps_content_and_calls_in_order() -> None:

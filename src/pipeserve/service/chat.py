@@ -221,27 +221,38 @@ class ChatService:
         self, run: _Run, on_end: StreamEnd | None, grade: StreamGrade | None
     ) -> AsyncGenerator[bytes, None]:
         shapers = [StreamShaper(run.params) for _ in run.choices]
+        # Logprobs of text not sent yet (held back, or a call's JSON before its head): they go out with the
+        # choice's next delta, so that the stream carries every one the plain response does.
+        waiting: list[list[TokenLogprob]] = [[] for _ in run.choices]
         try:
             try:
                 for index, shaper in enumerate(shapers):
-                    yield run.chunk([wire.ChunkChoice(index=index, delta=shaper.first())])
+                    opening = shaper.opening()
+                    if opening is not None:
+                        yield run.chunk([wire.ChunkChoice(index=index, delta=opening)])
                 async for index, emitted in run.deltas():
                     shaper = shapers[index]
                     if emitted.reasoning:
-                        thought = wire.ChunkDelta(reasoning_content=emitted.reasoning)
-                        yield run.chunk([wire.ChunkChoice(index=index, delta=thought)])
+                        yield run.chunk([wire.ChunkChoice(index=index, delta=shaper.reasoning(emitted.reasoning))])
                     deltas = shaper.feed(emitted.text)
-                    logprobs = _chunk_logprobs(emitted) if run.params.logprobs and emitted.logprobs else None
-                    if logprobs is not None and not deltas and run.params.output == "text":
-                        deltas = [wire.ChunkDelta(content="")]  # logprobs of text still held back
-                    for position, delta in enumerate(deltas):
-                        attach = logprobs if position == 0 else None
-                        yield run.chunk([wire.ChunkChoice(index=index, delta=delta, logprobs=attach)])
+                    if run.params.logprobs:
+                        waiting[index] += emitted.logprobs
+                        if waiting[index] and not deltas and run.params.output == "text":
+                            deltas = [wire.ChunkDelta(content="")]  # logprobs of text still held back
+                    for delta in deltas:
+                        yield run.chunk([wire.ChunkChoice(index=index, delta=delta, logprobs=_take(waiting[index]))])
                     if emitted.finish_reason is not None:
                         tail, finish = shaper.finish(emitted.finish_reason)
                         for delta in tail:
-                            yield run.chunk([wire.ChunkChoice(index=index, delta=delta)])
-                        end = wire.ChunkChoice(index=index, delta=wire.ChunkDelta(), finish_reason=finish)  # type: ignore[arg-type]
+                            yield run.chunk(
+                                [wire.ChunkChoice(index=index, delta=delta, logprobs=_take(waiting[index]))]
+                            )
+                        end = wire.ChunkChoice(
+                            index=index,
+                            delta=wire.ChunkDelta(),
+                            finish_reason=finish,  # type: ignore[arg-type]
+                            logprobs=_take(waiting[index]),
+                        )
                         yield run.chunk([end])
                 completion = self._completion(run)
                 if grade is not None:
@@ -289,8 +300,13 @@ def criteria_choices(completion: wire.ChatCompletion) -> list[wire.ChunkChoice]:
     ]
 
 
-def _chunk_logprobs(emitted: Emitted) -> wire.ChoiceLogprobs:
-    return wire.ChoiceLogprobs(content=_wire_logprobs(emitted.logprobs))
+def _take(waiting: list[TokenLogprob]) -> wire.ChoiceLogprobs | None:
+    """The waiting logprobs as a chunk's, emptying the list; None when there are none."""
+    if not waiting:
+        return None
+    taken = wire.ChoiceLogprobs(content=_wire_logprobs(waiting))
+    waiting.clear()
+    return taken
 
 
 def _error_json(error: PipeserveError) -> bytes:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from pipeserve.engines.base import Delta, TokenLogprob
 from pipeserve.service.reasoning import ThinkSplitter
+from pipeserve.structured.tools import OneCall, first_call_end
 from pipeserve.textutil import partial_suffix
 
 
@@ -25,12 +26,15 @@ class ChoiceState:
 
     Text that could be the start of a stop string is held back until it can't be; a stop string is never
     emitted. Each token's logprob is released with the first character of its text, and dropped when its
-    text lies entirely inside or after a matched stop string.
+    text lies entirely inside or after a matched stop string. With `one_call` (tool_choice auto with
+    parallel_tool_calls false) the choice ends right after its first complete call, as at a stop string
+    that is kept.
     """
 
     index: int
     stop: tuple[str, ...]
     think: ThinkSplitter | None = None  # a reasoning model's thinking goes to `reasoning`, not the text
+    one_call: OneCall | None = None
     tokens: int = 0
     reasoning_tokens: int = 0
     finish_reason: str | None = None
@@ -41,6 +45,8 @@ class ChoiceState:
     _received: int = 0
     _emitted: int = 0
     _pending: list[tuple[int, TokenLogprob]] = field(default_factory=list)
+    _seen: str = ""  # the answer so far, when looking for the end of a call
+    _scan: int | None = 0  # where in it to look next; None once no call can come
 
     def feed(self, delta: Delta) -> Emitted | None:
         if self.finish_reason is not None:
@@ -63,12 +69,24 @@ class ChoiceState:
         self._received += len(text)
 
         cut = self._stop_at()
+        if self.one_call is not None:
+            ended = self._call_end(self.one_call, text)
+            if ended is not None and (cut is None or ended <= cut):
+                return self._release(self._held[:ended], "stop", drop_rest=True, thought=thought)
         if cut is not None:
             return self._release(self._held[:cut], "stop", drop_rest=True, thought=thought)
         if delta.finish_reason is not None:
             return self._release(self._held, delta.finish_reason, drop_rest=False, thought=thought)
         keep = partial_suffix(self._held, self.stop)
         return self._release(self._held[: len(self._held) - keep], None, drop_rest=False, thought=thought)
+
+    def _call_end(self, rule: OneCall, text: str) -> int | None:
+        """Where in the held text the first complete call ends, if it has."""
+        if self._scan is None:
+            return None
+        self._seen += text
+        end, self._scan = first_call_end(self._seen, rule, self._scan)
+        return None if end is None else end - self._emitted
 
     def _stop_at(self) -> int | None:
         found = [i for i in (self._held.find(s) for s in self.stop) if i >= 0]

@@ -13,7 +13,6 @@ from concurrent.futures import Future
 from pydantic import ValidationError
 
 from pipeserve.engines.base import Delta, Engine, EngineStats, Generation
-from pipeserve.engines.llamacpp.guided import Guide
 from pipeserve.engines.llamacpp.model import LlamaModel
 from pipeserve.engines.llamacpp.options import LlamaCppOptions
 from pipeserve.engines.llamacpp.scheduler import Scheduler
@@ -235,17 +234,11 @@ class LlamaCppEngine(Engine):
             )
 
     def _prepare_constraint(self, job: Job, params: ChatParams) -> None:
+        """Compile the output's grammar (a 400 for a schema llguidance can't enforce). A budget too small for
+        a valid document is no error, as with OpenAI: the output then runs out at the budget, finish_reason
+        `length` (see `Guide`)."""
         assert job.schema is not None and self._scheduler is not None
-        param = "tools" if params.output == "tool_json" else "response_format"
-        compiler = self._scheduler.guides
-        job.grammar = compiler.compile(job.schema, param=param)
-        needed = Guide(compiler, job.grammar, job.schema).minimal_tokens()
-        if params.max_tokens is not None and params.max_tokens < needed:
-            raise InvalidRequestError(
-                f"The shortest output valid against this schema takes {needed} tokens, but the completion may "
-                f"use only {params.max_tokens}. Raise max_completion_tokens.",
-                param="max_completion_tokens",
-            )
+        job.grammar = self._scheduler.guides.compile_output(job.schema, params)
 
     def _check_logit_bias(self, params: ChatParams) -> None:
         n_vocab = self._require_model().n_vocab
