@@ -1,63 +1,96 @@
-"""No request body, however odd, makes the server answer 500: every field gets arbitrary JSON values."""
+"""Property-based fuzzing of every route on the real server, on SQLite and on PostgreSQL (see tests/fuzzing.py
+for how requests are drawn and what the oracle asks of each answer).
+
+Each route gets a bounded, derandomized run, so the module takes a few minutes at most and never fails by
+chance; bench/fuzz.py runs the same strategies for as long as one likes, with a seed.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
 
-import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.routing import Route
 
-from tests.conftest import MODEL, Server
+from pipeserve.server.app import create_app
+from pipeserve.settings import Settings
+from tests import fuzzing
+from tests.conftest import create_key, create_pg_database, drop_pg_database, start_server, stop_server
+from tests.fuzzing import ROUTES, LogReader, Target, drafts, run_one
 
-FIELDS = [
-    "messages", "model", "audio", "function_call", "functions", "tool_choice", "tools", "n", "max_tokens",
-    "max_completion_tokens", "temperature", "top_p", "presence_penalty", "frequency_penalty", "stop",
-    "response_format", "logprobs", "top_logprobs", "stream_options", "store", "metadata", "stream", "seed",
-    "logit_bias", "user", "service_tier", "modalities", "unknown_field",
-]  # fmt: skip
+# Examples per route and database: chat completions get more (most of the server is behind them), the judge's
+# routes fewer (each valid request runs the judge model).
+EXAMPLES = 20
+PER_ROUTE = {
+    "POST /chat/completions": 40,
+    "POST /chat/completions (stream)": 25,
+    "GET /logs": 40,
+    "POST /criteria/judge": 10,
+    "POST /criteria/{name}/alignment": 8,
+}
 
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-5, max_value=20),
-    st.integers(),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=8),
+FUZZ = settings(
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
 )
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
-    max_leaves=8,
-)
-messages = st.lists(
-    st.fixed_dictionaries(
-        {"role": st.sampled_from(["system", "developer", "user", "assistant", "tool", "function", "x"])},
-        optional={"content": json_values, "name": json_values, "tool_call_id": json_values},
-    ),
-    max_size=3,
-)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    changes=st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=4),
-    chat=messages,
-    raw_stream=st.booleans(),
-)
-def test_no_body_gives_a_500(server: Server, changes: dict[str, Any], chat: list[Any], raw_stream: bool) -> None:
-    body: dict[str, Any] = {"model": MODEL, "messages": chat or [{"role": "user", "content": "Hi"}], **changes}
-    # keep generation short whatever else is drawn, so the run stays quick
-    for key in ("max_tokens", "max_completion_tokens"):
-        if isinstance(body.get(key), int) and not isinstance(body[key], bool) and body[key] > 4:
-            body[key] = 4
-    body.setdefault("max_completion_tokens", 4)
-    if raw_stream:
-        body["stream"] = True
-    response = httpx.post(f"{server.v1}/chat/completions", json=body, timeout=120)
-    assert response.status_code < 500, (body, response.text)
-    if response.status_code >= 400:
-        error = response.json()["error"]
-        assert set(error) == {"message", "type", "param", "code"}
-    elif body.get("stream") is True:
-        assert response.text.rstrip().endswith("data: [DONE]")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Target, Path]]:
+    """A server of its own with a key in a project of its own: the fuzzer's writes (an update with no filter
+    changes every log of the project) touch no other test's data, and Authorization is really checked."""
+    tmp = tmp_path_factory.mktemp(f"fuzz-{request.param}")
+    key = create_key(tmp / "data", project="fuzz")
+    database = asyncio.run(create_pg_database()) if request.param == "postgresql" else None
+    server = start_server(tmp, extra_args=("--database-url", database) if database else ())
+    try:
+        yield Target(server.url, key).prepare(), server.log
+    finally:
+        stop_server(server)
+        if database is not None:
+            asyncio.run(drop_pg_database(database))
+
+
+def test_every_route_of_the_app_is_fuzzed() -> None:
+    app = create_app(Settings())
+    served = {(method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item}
+    served |= {
+        (method, route.path) for route in app.routes if isinstance(route, Route) for method in route.methods or ()
+    }
+    fuzzed = set()
+    for route in ROUTES:
+        if route.method != "*":
+            prefixes = ("/v1", "/api/v1") if route.prefixed else ("",)
+            fuzzed |= {(route.method, prefix + route.path) for prefix in prefixes}
+    assert served - {("HEAD", "/openapi.json")} == fuzzed
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=[route.name for route in ROUTES])
+def test_no_request_breaks_a_route(target: tuple[Target, Path], route: fuzzing.Route) -> None:
+    server, log = target
+    tail = LogReader(log)
+
+    @settings(FUZZ, max_examples=PER_ROUTE.get(route.name, EXAMPLES))
+    @given(data=st.data())
+    def fuzz(data: st.DataObject) -> None:
+        outcome = run_one(server, data.draw(drafts(route, server, known=False), label="request"), tail)
+        tail.skip()
+        assert not outcome.problems, (
+            f"{outcome.sent.describe()}\n-> {outcome.answer.status}: {outcome.answer.body[:500]!r}\n"
+            + "\n".join(outcome.problems)
+            + f"\nserver log:\n{outcome.server_log}"
+        )
+
+    fuzz()
+    assert server.serving() is None, server.serving()
