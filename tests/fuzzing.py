@@ -1422,6 +1422,49 @@ def check_answer(route: Route, sent: Sent, answer: Answer) -> list[str]:
         problems.append(f"an unknown route or method answered {status}")
     elif isinstance(route.answer, type):
         problems += check_model(route.answer, answer.body)
+    return problems or check_consistency(route, sent, answer)
+
+
+def _int(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+def check_consistency(route: Route, sent: Sent, answer: Answer) -> list[str]:
+    """What a valid 2xx must also hold: as many choices as asked, usage that adds up, no more completion tokens
+    than the budget, pages that say whether more follow."""
+    body = sent.body_object() or {}
+    data = _json(answer.body)
+    if route.answer in (ChatCompletion, "stream") and answer.content_type == "application/json":
+        return check_counts(body, data.get("choices", []), data.get("usage"))
+    if route.answer in (ChatCompletion, "stream") and answer.content_type == "text/event-stream":
+        chunks = [_json(e[len("data: ") :].encode()) for e in answer.body.decode().split("\n\n") if e.strip()][:-1]
+        if any("error" in chunk for chunk in chunks):
+            return []
+        finished = [c for chunk in chunks for c in chunk["choices"] if c.get("finish_reason") is not None]
+        usage = [chunk["usage"] for chunk in chunks if chunk.get("usage") is not None]
+        problems = check_counts(body, finished, usage[-1] if usage else None)
+        wants_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        if wants_usage != bool(usage):
+            problems.append(f"include_usage is {wants_usage} but {len(usage)} chunks carry a usage")
+        return problems
+    paged = route.answer in (LogList, DatasetEntryList) and isinstance(data, dict)
+    if paged and data["has_more"] != (data["next_cursor"] is not None):
+        return [f"has_more is {data['has_more']} but next_cursor is {data['next_cursor']!r}"]
+    return []
+
+
+def check_counts(body: dict[str, Any], choices: list[Any], usage: Any) -> list[str]:
+    """Choices (or the chunks that finish them) and usage against the request's `n` and token budget."""
+    n = _int(body.get("n")) or 1
+    problems = []
+    if sorted(choice.get("index") for choice in choices) != list(range(n)):
+        problems.append(f"n is {n} but the choices are {[choice.get('index') for choice in choices]}")
+    if isinstance(usage, dict):
+        if usage["total_tokens"] != usage["prompt_tokens"] + usage["completion_tokens"]:
+            problems.append(f"usage does not add up: {usage}")
+        budget = _int(body.get("max_completion_tokens")) or _int(body.get("max_tokens"))
+        if budget is not None and usage["completion_tokens"] > n * budget:
+            problems.append(f"{usage['completion_tokens']} completion tokens for n={n} and a budget of {budget}")
     return problems
 
 
