@@ -27,8 +27,6 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeGuard
 from urllib.parse import unquote
 
-import jsonschema
-
 Atom = tuple[int, int]  # (id of a schema node, stage: how much of the node is still to expand)
 Key = frozenset[Atom]
 
@@ -80,6 +78,8 @@ _MAX_DEPTH = 80  # nested evaluations (about 6 Python frames each), well inside 
 _MAX_WORK = 4_000  # evaluations per analysis (under 0.1 s); beyond it, nothing is rejected
 _MAX_SIZE = 20_000  # characters of a value worth writing out; larger ones are known to exist, not built
 _MAX_BRANCHES = 64  # branches of one anyOf/oneOf explored
+_MAX_CHECK_DEPTH = 24  # nested schemas when checking an enum value; deeper is not held against it
+_MAX_CHECKS = 2_000  # schemas visited when checking one enum value
 
 
 class _GiveUp(Exception):
@@ -143,7 +143,7 @@ class Instances:
         self._assumed: set[Key] = set()
         self._work = 0
         self._max_work = max_work
-        self._validator: Any = None
+        self._checks = 0  # work of the current `_valid`
 
     # --- public ------------------------------------------------------------------------------------------
     def find(self, schema: Any) -> Result | None:
@@ -165,7 +165,7 @@ class Instances:
                 if not changed:
                     self._final.update(self._pass)
                     return result
-        except (_GiveUp, RecursionError):
+        except (_GiveUp, RecursionError, ArithmeticError):  # numbers past what floats hold: not judged
             return None
         finally:
             self._pass, self._stack, self._assumed = {}, set(), set()
@@ -252,9 +252,9 @@ class Instances:
             return self._approx.get(key) or Missing("", _HINT_CYCLE, cycle=True)
         if depth > _MAX_DEPTH:
             raise _GiveUp
-        self._work += 1
-        if self._work > self._max_work:
+        if self._work >= self._max_work:
             raise _GiveUp
+        self._work += 1
         self._stack.add(key)
         try:
             result = self._evaluate(key, depth)
@@ -434,16 +434,97 @@ class Instances:
         )
 
     def _valid(self, value: Any, nodes: list[dict[str, Any]]) -> bool:
-        """Whether an `enum` value passes the nodes (their `$ref`s and branches included); when validating
-        recurses without end, the recursion is what the fixpoint judges, so the value is not held against."""
-        if self._validator is None:
-            self._validator = jsonschema.Draft202012Validator(self.root if isinstance(self.root, dict) else {})
+        """Whether an `enum` value passes the nodes, their `$ref`s and branches included; False only when it
+        surely doesn't. A validator of our own, bounded in depth and work: a general one recurses without
+        end on `{"not": {"$ref": "#"}}` and the like."""
+        self._checks = 0
         try:
-            return all(self._validator.evolve(schema=node).is_valid(value) for node in nodes)
-        except RecursionError:
+            return all(self._admits(value, node, 0) for node in nodes)
+        except _GiveUp:
             return True
-        except Exception:  # a pattern Python's `re` can't compile, say: not ours to judge
+
+    def _admits(self, value: Any, schema: Any, depth: int) -> bool:
+        if schema is False:
+            return False
+        if not isinstance(schema, dict) or depth > _MAX_CHECK_DEPTH:
             return True
+        self._checks += 1
+        if self._checks > _MAX_CHECKS:
+            raise _GiveUp
+        if "$ref" in schema:
+            try:
+                target = self._resolve(schema["$ref"], schema)
+            except Unresolvable:
+                target = True
+            if not self._admits(value, target, depth + 1):
+                return False
+        for word in ("allOf", "anyOf", "oneOf"):
+            parts = schema.get(word)
+            if isinstance(parts, list) and parts:
+                passed = (self._admits(value, part, depth + 1) for part in parts)
+                if not (all(passed) if word == "allOf" else any(passed)):
+                    return False
+        inner = schema.get("not")
+        if inner is True or (isinstance(inner, dict) and _surely_matches(value, inner)):
+            return False
+        if "type" in schema and not _kinds_of(value) & _type_kinds(schema["type"]):
+            return False
+        if "const" in schema and not _same(value, schema["const"]):
+            return False
+        if isinstance(schema.get("enum"), list) and not any(_same(value, v) for v in schema["enum"]):
+            return False
+        if _is_number(value):
+            return _admits_number(schema, value, multiples=True)
+        if isinstance(value, str):
+            return self._admits_string(schema, value)
+        if isinstance(value, list):
+            return self._admits_array(schema, value, depth)
+        if isinstance(value, dict):
+            return self._admits_object(schema, value, depth)
+        return True
+
+    @staticmethod
+    def _admits_string(schema: dict[str, Any], value: str) -> bool:
+        shortest, longest = schema.get("minLength"), schema.get("maxLength")
+        if (_is_number(shortest) and len(value) < shortest) or (_is_number(longest) and len(value) > longest):
+            return False
+        return not isinstance(schema.get("pattern"), str) or _search(schema["pattern"], value)
+
+    def _admits_array(self, schema: dict[str, Any], value: list[Any], depth: int) -> bool:
+        fewest, most = schema.get("minItems"), schema.get("maxItems")
+        if (_is_number(fewest) and len(value) < fewest) or (_is_number(most) and len(value) > most):
+            return False
+        prefix = _listed_in(schema, "prefixItems")
+        for index, item in enumerate(value):
+            sub = prefix[index] if index < len(prefix) else schema.get("items", True)
+            if not self._admits(item, sub, depth + 1):
+                return False
+        return True
+
+    def _admits_object(self, schema: dict[str, Any], value: dict[str, Any], depth: int) -> bool:
+        required = _listed_in(schema, "required")
+        if any(name not in value for name in required):
+            return False
+        fewest, most = schema.get("minProperties"), schema.get("maxProperties")
+        if (_is_number(fewest) and len(value) < fewest) or (_is_number(most) and len(value) > most):
+            return False
+        dependent = schema.get("dependentRequired")
+        if isinstance(dependent, dict):
+            for name, needs in dependent.items():
+                if name in value and isinstance(needs, list) and any(need not in value for need in needs):
+                    return False
+        properties = _mapped_in(schema, "properties")
+        patterns = _mapped_in(schema, "patternProperties")
+        for name, item in value.items():
+            if "propertyNames" in schema and not self._admits(name, schema["propertyNames"], depth + 1):
+                return False
+            subs = [properties[name]] if name in properties else []
+            subs += [sub for pattern, sub in patterns.items() if _search(pattern, name)]
+            if not subs:
+                subs = [schema.get("additionalProperties", True)]
+            if not all(self._admits(item, sub, depth + 1) for sub in subs):
+                return False
+        return True
 
     def _kind(self, kind: str, nodes: list[dict[str, Any]], excluded: list[Any], depth: int) -> Result:
         if kind == "null":
@@ -513,15 +594,19 @@ class Instances:
             return _found(0 if fits(0) else (low if low is not None else high))
         if fits(0):
             return Found(0, 1)
-        if low is not None and low >= 0:  # 0 doesn't fit: the values are all positive or all negative
-            value = math.ceil(low / step) * step
-            if value == low and low_open:
-                value += step
-        else:
-            assert high is not None
-            value = math.floor(high / step) * step
-            if value == high and high_open:
-                value -= step
+        try:
+            if low is not None and low >= 0:  # 0 doesn't fit: the values are all positive or all negative
+                value = math.ceil(low / step) * step
+                if value == low and low_open:
+                    value += step
+            else:
+                assert high is not None
+                value = math.floor(high / step) * step
+                if value == high and high_open:
+                    value -= step
+            whole = float(value).is_integer() and (integer or all(float(s).is_integer() for s in steps))
+        except (OverflowError, ValueError):  # bounds and steps past what floats hold: not ours to judge
+            return _found(low if low is not None else high)
         if not fits(value):
             what = "integer" if steps == [1] else f"multiple of {_plain(step)}"
             return Missing(
@@ -529,9 +614,7 @@ class Instances:
                 "Widen the bounds or change multipleOf.",
                 where,
             )
-        if float(value).is_integer() and (integer or all(float(s).is_integer() for s in steps)):
-            return _found(int(value))
-        return _found(value)
+        return _found(int(value) if whole else value)
 
     def _string(self, nodes: list[dict[str, Any]]) -> Result:
         shortest = max((n["minLength"] for n in nodes if _is_number(n.get("minLength"))), default=0)
@@ -729,11 +812,11 @@ class Instances:
         return self._get(key, depth + 1)
 
     def _valid_name(self, name: str, schema: Any) -> bool:
-        if schema is False:
-            return False
-        if not isinstance(schema, dict):
+        self._checks = 0
+        try:
+            return self._admits(name, schema, 0)
+        except _GiveUp:
             return True
-        return self._valid(name, [schema])
 
 
 # Keywords whose values are schemas, maps of schemas, or lists of schemas (draft 2020-12).
@@ -800,16 +883,45 @@ def _fraction(found: Found, nodes: list[dict[str, Any]]) -> Found:
     return found
 
 
-def _admits_number(node: dict[str, Any], value: float) -> bool:
+def _admits_number(node: dict[str, Any], value: float, *, multiples: bool = False) -> bool:
+    """Whether `value` is within the node's bounds (and, with `multiples`, surely not off its multipleOf)."""
     low, high = node.get("minimum"), node.get("maximum")
     above, below = node.get("exclusiveMinimum"), node.get("exclusiveMaximum")
+    step = node.get("multipleOf")
+    if multiples and isinstance(value, int) and isinstance(step, int) and step > 0 and value % step:
+        return False
     return not (
         (_is_number(low) and value < low)
         or (_is_number(high) and value > high)
         or (_is_number(above) and value <= above)
         or (_is_number(below) and value >= below)
-        or _is_number(node.get("multipleOf"))
+        or (not multiples and _is_number(step))
     )
+
+
+def _listed_in(schema: dict[str, Any], word: str) -> list[Any]:
+    value = schema.get(word)
+    return value if isinstance(value, list) else []
+
+
+def _mapped_in(schema: dict[str, Any], word: str) -> dict[str, Any]:
+    value = schema.get(word)
+    return value if isinstance(value, dict) else {}
+
+
+def _surely_matches(value: Any, schema: dict[str, Any]) -> bool:
+    """Whether `value` is valid against a `not`'s schema, decided only for the forms decided simply: one
+    that accepts everything, or only a type, an enum or a const."""
+    words = {word for word in schema if word not in _ANNOTATIONS}
+    if not words:
+        return True
+    if words == {"type"}:
+        return bool(_kinds_of(value) & _type_kinds(schema["type"]))
+    if words <= {"enum", "const"}:
+        return any(_same(value, v) for v in _listed_in(schema, "enum")) or (
+            "const" in schema and _same(value, schema["const"])
+        )
+    return False
 
 
 def _type_kinds(names: Any) -> set[str]:
@@ -849,20 +961,22 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _is_number(value: Any) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _common_step(steps: list[float]) -> float | None:
     """The least common multiple of the `multipleOf`s (and 1 for integers), when it can be exact."""
-    if all(float(s).is_integer() for s in steps):
-        return math.lcm(*(int(s) for s in steps))
-    distinct = set(steps)
-    if len(distinct) == 1:
-        return steps[0]
-    if distinct - {1} and len(distinct - {1}) == 1:
-        only = next(iter(distinct - {1}))
-        if (1 / only).is_integer():  # 0.5 and integers: the integers
-            return 1
+    try:
+        if all(isinstance(s, int) or s.is_integer() for s in steps):
+            return math.lcm(*(int(s) for s in steps))
+        distinct = set(steps) - {1}
+        if len(distinct) == 1:
+            only = next(iter(distinct))
+            return 1 if 1 in steps and (1 / only).is_integer() else only if 1 not in steps else None
+    except (OverflowError, ValueError):
+        pass
     return None
 
 
@@ -878,7 +992,7 @@ def _bound(value: float | None, is_open: bool, side: str) -> str:
 
 
 def _plain(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
+    return str(int(value)) if isinstance(value, int) or value.is_integer() else str(value)
 
 
 def _search(pattern: str, text: str) -> bool:
