@@ -211,8 +211,13 @@ def test_deep_long_and_combinatorial_schemas_are_analysed_with_bounded_work(sche
     result = instances.find(schema)
     assert isinstance(result, Found) if judged else result is None
     assert instances._work <= _MAX_WORK
-    if schema is not DEEP:  # jsonschema's own check of the schema recurses too deep for it
+    if schema is not DEEP:
         check_schema(schema, param=PARAM)  # given up: nothing rejected
+
+
+def test_a_schema_too_deep_to_check_is_a_400() -> None:
+    error = _reject(DEEP)  # the metaschema check itself recurses past Python's limit
+    assert error.param == PARAM and "nested too deeply" in str(error)
 
 
 def test_a_bounded_analysis_still_finds_a_contradiction_among_many_branches() -> None:

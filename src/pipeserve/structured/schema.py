@@ -23,6 +23,12 @@ def check_schema(schema: Any, *, param: str) -> Schema:
     except jsonschema.SchemaError as exc:
         where = "/".join(str(p) for p in exc.path) or "(root)"
         raise InvalidRequestError(f"Invalid schema in {param} at {where}: {exc.message}", param=param) from None
+    except RecursionError:  # the request body's depth limit should come first; this is the net under it
+        raise InvalidRequestError(
+            f'{param} is nested too deeply to check. Flatten it: name repeated parts under "$defs" and refer '
+            'to them with "$ref".',
+            param=param,
+        ) from None
     check_satisfiable(schema, param=param)
     return schema
 
