@@ -124,22 +124,29 @@ def replay(
     chunks = []
     for choice in completion.choices:
         message = choice.message
-        index = choice.index
-        chunks.append(chunk([wire.ChunkChoice(index=index, delta=wire.ChunkDelta(role="assistant"))]))
+        # (delta, logprobs) in the order a live stream sends them; the role rides on the first, as OpenAI's
+        # streams begin (clients merge the chunks that follow onto the first one).
+        deltas: list[tuple[wire.ChunkDelta, wire.ChoiceLogprobs | None]] = []
         if message.reasoning_content:
-            delta = wire.ChunkDelta(reasoning_content=message.reasoning_content)
-            chunks.append(chunk([wire.ChunkChoice(index=index, delta=delta)]))
+            deltas.append((wire.ChunkDelta(reasoning_content=message.reasoning_content), None))
         if message.content is not None:
-            delta = wire.ChunkDelta(content=message.content)
-            chunks.append(chunk([wire.ChunkChoice(index=index, delta=delta, logprobs=choice.logprobs)]))
+            deltas.append((wire.ChunkDelta(content=message.content), choice.logprobs))
         for position, call in enumerate(message.tool_calls or []):
-            function = wire.ChunkFunction(name=call.function.name, arguments=call.function.arguments)
-            tool = wire.ChunkToolCall(index=position, id=call.id, type="function", function=function)
-            chunks.append(chunk([wire.ChunkChoice(index=index, delta=wire.ChunkDelta(tool_calls=[tool]))]))
+            head = wire.ChunkFunction(name=call.function.name, arguments="")
+            body = wire.ChunkFunction(arguments=call.function.arguments)
+            opening = wire.ChunkToolCall(index=position, id=call.id, type="function", function=head)
+            deltas.append((wire.ChunkDelta(tool_calls=[opening]), None))
+            deltas.append((wire.ChunkDelta(tool_calls=[wire.ChunkToolCall(index=position, function=body)]), None))
         if message.function_call is not None:
-            function = wire.ChunkFunction(name=message.function_call.name, arguments=message.function_call.arguments)
-            chunks.append(chunk([wire.ChunkChoice(index=index, delta=wire.ChunkDelta(function_call=function))]))
-        end = wire.ChunkChoice(index=index, delta=wire.ChunkDelta(), finish_reason=choice.finish_reason)
+            name, arguments = message.function_call.name, message.function_call.arguments
+            deltas.append((wire.ChunkDelta(function_call=wire.ChunkFunction(name=name, arguments="")), None))
+            deltas.append((wire.ChunkDelta(function_call=wire.ChunkFunction(arguments=arguments)), None))
+        if not deltas:
+            deltas.append((wire.ChunkDelta(), None))
+        deltas[0][0].role = "assistant"
+        for delta, logprobs in deltas:
+            chunks.append(chunk([wire.ChunkChoice(index=choice.index, delta=delta, logprobs=logprobs)]))
+        end = wire.ChunkChoice(index=choice.index, delta=wire.ChunkDelta(), finish_reason=choice.finish_reason)
         chunks.append(chunk([end]))
     if criteria:  # as a live stream sends them: one chunk of results after the content
         chunks.append(chunk(criteria_choices(completion)))

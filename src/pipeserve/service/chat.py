@@ -17,7 +17,7 @@ from pipeserve.protocol import chat_completions as wire
 from pipeserve.service.choices import ChoiceState, Emitted
 from pipeserve.service.metrics import Metrics
 from pipeserve.service.models import ModelRegistry, ServedModel
-from pipeserve.service.outputs import StreamShaper, final_message
+from pipeserve.service.outputs import StreamShaper, final_message, one_call
 from pipeserve.service.reasoning import ThinkSplitter
 from pipeserve.service.recording import Call
 
@@ -165,7 +165,7 @@ class ChatService:
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
             fingerprint=served.fingerprint,
-            choices=[ChoiceState(i, params.stop, self._splitter(served)) for i in range(params.n)],
+            choices=[ChoiceState(i, params.stop, self._splitter(served), one_call(params)) for i in range(params.n)],
             metrics=self.metrics,
             label=served.config.id,
             started=started,
