@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from tests.conftest import create_key, create_pg_database, drop_pg_database, start_server, stop_server
+from tests.conftest import Server, create_key, create_pg_database, drop_pg_database, start_server, stop_server
 from tests.fuzzing import ROUTES, WEIGHTS, LogReader, Outcome, Route, Target, drafts, run_one
 
 SHOWN = 5  # failing requests printed whole
@@ -147,11 +148,12 @@ def main() -> int:
         if unknown := wanted - {route.name for route in routes}:
             parser.error(f"unknown routes: {sorted(unknown)}; known: {[route.name for route in ROUTES]}")
 
-    database = None
-    server = None
+    database: str | None = None
+    server: Server | None = None
+    tmp: Path | None = None
+    log: LogReader | None = None
     if args.url:
         target = Target(args.url.rstrip("/"), args.api_key)
-        log = None
     else:
         tmp = Path(tempfile.mkdtemp(prefix="pipeserve-fuzz-"))
         key = create_key(tmp / "data", project="fuzz")
@@ -178,7 +180,13 @@ def main() -> int:
             stop_server(server)
         if database is not None:
             asyncio.run(drop_pg_database(database))
-    return 1 if still is not None or any(o.problems for o in outcomes) else 0
+    failed = still is not None or any(o.problems for o in outcomes)
+    if tmp is not None:
+        if failed:
+            print(f"\nThe server's data directory and log are kept in {tmp}.")
+        else:
+            shutil.rmtree(tmp)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
