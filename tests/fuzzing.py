@@ -1024,18 +1024,6 @@ def header_sets(draw: st.DrawFn, target: Target, route: Route) -> tuple[tuple[st
     return tuple(headers)
 
 
-# Failures already reported to the owners of the code at fault (issue 10), which tests leave out (`known=False`)
-# until they are fixed; bench/fuzz.py still sends them.
-KNOWN_FAILURES = {
-    "redirect": "a path that ends with a slash, or whose last segment is an encoded one (%2F), is answered with "
-    "a 307 redirect to the path without it (Starlette's redirect_slashes, on in server/app.py), not a 404",
-}
-
-
-def redirected(path: str) -> bool:
-    return len(path) > 1 and path.replace("%2F", "/").endswith("/")
-
-
 # fmt: off
 NASTY_SEGMENTS = [
     "x", "ds_nope", "crit_nope", "log_nope", "%00", "a%00b", "%2F", "..", "%ff", "%C3%A9", "%F0%9F%98%80", "a" * 3000,
@@ -1046,12 +1034,12 @@ NASTY_SEGMENTS = [
 
 
 @st.composite
-def path_values(draw: st.DrawFn, valid: Any, target: Target, known: bool = True) -> Any:
+def path_values(draw: st.DrawFn, valid: Any, target: Target) -> Any:
     if draw(st.integers(0, 2)) > 0:
         return valid if isinstance(valid, Fresh) else quote(str(valid), safe="@:")
     kind = draw(st.sampled_from(["nasty", "nasty", "other id", "versioned"]))
     if kind == "nasty":
-        return draw(st.sampled_from([s for s in NASTY_SEGMENTS if known or not redirected("/x/" + s)]))
+        return draw(st.sampled_from(NASTY_SEGMENTS))
     if isinstance(valid, Fresh):
         # A route that deletes or changes what its path names never gets the target's own dataset or criterion,
         # which the other routes' valid requests name.
@@ -1205,17 +1193,16 @@ def tracked(route: Route, body: Any) -> Any:
 
 
 @st.composite
-def drafts(draw: st.DrawFn, route: Route, target: Target, known: bool = True) -> Draft:
-    """A request for `route`. `known=False` leaves out requests that fail for reasons already reported
-    (`KNOWN_FAILURES`), so that a test can pass until they are fixed."""
+def drafts(draw: st.DrawFn, route: Route, target: Target) -> Draft:
+    """A request for `route`."""
     if route.method == "*":
-        return draw(unknown_requests(target, known))
+        return draw(unknown_requests(target))
     prefix = draw(st.sampled_from(["/v1", "/api/v1"])) if route.prefixed else ""
     segments: list[Any] = [s for s in (prefix + route.path).split("/") if s]
     valid_params = route.params(target)
     for i, segment in enumerate(segments):
         if segment.startswith("{"):
-            segments[i] = draw(path_values(valid_params[segment[1:-1]], target, known))
+            segments[i] = draw(path_values(valid_params[segment[1:-1]], target))
     query = draw(route.query(target)) if route.query is not None else ""
     if route.query is None and draw(st.integers(0, 9)) == 0:
         query = draw(st.sampled_from(["x=1", "stream=true", "%00=%00", "a" * 3000]))
@@ -1241,7 +1228,7 @@ def drafts(draw: st.DrawFn, route: Route, target: Target, known: bool = True) ->
 
 
 @st.composite
-def unknown_requests(draw: st.DrawFn, target: Target, known: bool = True) -> Draft:
+def unknown_requests(draw: st.DrawFn, target: Target) -> Draft:
     routes = [r for r in ROUTES if r.method != "*"]
     if draw(st.booleans()):
         # a known path with a method it doesn't take
@@ -1253,8 +1240,7 @@ def unknown_requests(draw: st.DrawFn, target: Target, known: bool = True) -> Dra
         path = tuple(s.format(**params) for s in (prefix + route.path).split("/") if s)
     else:
         method = draw(st.sampled_from(["GET", "POST", "DELETE", "PUT"]))
-        paths = [p for p in UNKNOWN_PATHS if known or not redirected(p)]
-        path = tuple(draw(st.sampled_from(paths)).split("/")[1:])
+        path = tuple(draw(st.sampled_from(UNKNOWN_PATHS)).split("/")[1:])
     headers: list[tuple[str, bytes]] = [("Content-Type", b"application/json")]
     if target.key is not None:
         headers.append(("Authorization", b"Bearer {key}"))

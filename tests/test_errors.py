@@ -33,4 +33,3 @@ def test_every_client_error_class_is_drawn_in_the_module_docstring() -> None:
         value = getattr(errors, name)
         if isinstance(value, type) and issubclass(value, Exception) and value.__module__ == errors.__name__:
             assert name in errors.__doc__, f"{name} is missing from the hierarchy drawn in pipeserve/errors.py"
-

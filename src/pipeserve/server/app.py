@@ -115,7 +115,16 @@ def create_app(settings: Settings) -> FastAPI:
             if db is not None:
                 await db.close()
 
-    app = FastAPI(title="pipeserve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No redirect for a trailing slash: OpenAI's API answers an unknown path with a 404 error, and a redirect
+    # of a POST is not followed by every client.
+    app = FastAPI(
+        title="pipeserve",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+    )
     install_error_handlers(app)
     for prefix in API_PREFIXES:
         app.include_router(chat.router, prefix=prefix)
