@@ -10,7 +10,8 @@ from pipeserve.errors import judge_failure
     ("judge_status", "status", "error_type"),
     [
         (400, 400, "invalid_request_error"),
-        (404, 400, "invalid_request_error"),  # the judge model refused: nothing a retry fixes
+        (404, 404, "invalid_request_error"),  # the judge model is no longer served
+        (413, 400, "invalid_request_error"),  # the judge model refused: nothing a retry fixes
         (429, 429, "rate_limit_error"),
         (503, 503, "server_error"),
         (None, 500, "server_error"),

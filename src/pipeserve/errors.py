@@ -145,12 +145,14 @@ class StoreUnavailableError(PipeserveError):
 
 def judge_failure(message: str, status_code: int | None) -> PipeserveError:
     """The error of an endpoint whose answer is a judge's verdict, from the status of the judge's own failure:
-    a judge model that is busy or can't serve now stays a 429 or 503 (a retry may work), another refusal is a
-    400, anything else a 500."""
+    a judge model that is busy or can't serve now stays a 429 or 503 (a retry may work), one no longer served a
+    404, another refusal a 400, anything else a 500."""
     if status_code == 429:
         return RateLimitError(message, retry_after=1)
     if status_code == 503:
         return EngineUnavailableError(message, code="judge_failed")
+    if status_code == 404:  # the judge model is no longer served
+        return NotFoundError(message, code="judge_failed")
     if status_code is not None and 400 <= status_code < 500:
         return JudgeRejectedError(message)
     return JudgeFailedError(message)

@@ -1,8 +1,8 @@
 """What `/report` accepted reads back unchanged from GET /v1/logs, GET /v1/logs/{id} and the latest logged call,
 whatever its JSON type, on SQLite and PostgreSQL.
 
-The body is parsed by orjson: integers from -2**63 to 2**64-1 stay integers, larger ones become the nearest
-double (what the API accepted is then that double), and a number beyond a double's range (1e400) is a 400.
+Integers from -2**63 to 2**64-1 are stored exactly; one beyond them, which orjson would round to a double, and a
+number beyond a double's range (1e400) are a 400: nothing is accepted that would not read back as sent.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ RAW = [
     b"9007199254740993",
     b"18446744073709551615",
     b"-9223372036854775808",
-    b"123456789012345678901234567890",
-    b"-123456789012345678901234567890",
     b"1.7976931348623157e308",
     b"5e-324",
     b"0.1",
@@ -75,7 +73,20 @@ def test_a_reported_payload_reads_back_unchanged(own_server: Server, raw: bytes)
         assert http.get("/logs", params={"limit": 1000}).status_code == 200
 
 
-@pytest.mark.parametrize("raw", [b"1e400", b"-1e400", b"NaN", b"Infinity", b'"\\ud800"'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"1e400",
+        b"-1e400",
+        b"NaN",
+        b"Infinity",
+        b'"\\ud800"',
+        b"123456789012345678901234567890",
+        b"-123456789012345678901234567890",
+        b"18446744073709551616",
+        b"-9223372036854775809",
+    ],
+)
 def test_what_json_cannot_hold_is_refused_not_stored(own_server: Server, raw: bytes) -> None:
     body = b'{"reqPayload": %s}' % raw
     with httpx.Client(base_url=own_server.v1, timeout=30) as http:
