@@ -37,6 +37,7 @@ _CLOSE_WAIT = 30.0  # seconds to wait for the engine thread at shutdown
 # An engine that has not begun a step for this long is reported as stalled: an idle loop turns every second,
 # and a busy step takes well under a second.
 _STALL_AFTER = 60.0
+_ACCEPT_CHECK = 1.0  # seconds between looks at whether the engine a request waits on is still the running one
 
 
 class LlamaCppEngine(Engine):
@@ -52,9 +53,10 @@ class LlamaCppEngine(Engine):
         self._template: ChatTemplate | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._outbox: list[Outgoing] = []
+        self._outbox: list[Outgoing] = []  # what the current step dispatched, sent in one hop by `_flush`
         self._problem: str | None = None  # why the engine can't serve right now (restarting after a crash)
-        self.restarts = 0  # what the current step dispatched, sent in one hop by `_flush`
+        self._closing = False
+        self.restarts = 0
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -67,7 +69,7 @@ class LlamaCppEngine(Engine):
     def _run(self, ready: Future[None]) -> None:
         """The engine thread: every call into llama.cpp happens here. A loop that ends by anything but a
         stop (a crash the scheduler could not absorb) fails its requests and starts over on a fresh model."""
-        while True:
+        while not self._closing:
             try:
                 model, scheduler = self._load()
             except Exception as exc:
@@ -132,6 +134,7 @@ class LlamaCppEngine(Engine):
         return model, scheduler
 
     async def close(self) -> None:
+        self._closing = True  # a thread between a crash and its reload stops there
         scheduler, thread = self._scheduler, self._thread
         if scheduler is not None and thread is not None:
             scheduler.inbox.put(("stop", None))
@@ -183,11 +186,18 @@ class LlamaCppEngine(Engine):
         job.dispatch_to = generation
         accepted: Future[None] = Future()
         scheduler.inbox.put(("submit", (job, lambda j: self._prepare(j, prompt_text, params), accepted)))
+        answer = asyncio.wrap_future(accepted)
         try:
-            await asyncio.wrap_future(accepted)
+            while not (await asyncio.wait({answer}, timeout=_ACCEPT_CHECK))[0]:
+                if self._scheduler is not scheduler:
+                    # The loop crashed after this request reached its inbox: nobody will ever answer it.
+                    answer.cancel()
+                    raise EngineUnavailableError(f"The model {self.model_id} failed and is restarting; retry.")
+            answer.result()
         except asyncio.CancelledError:
             # The client left while the engine was accepting the request. If it was accepted meanwhile, nobody
             # would read or stop it: tell the engine to drop it (the inbox keeps order, so it follows the submit).
+            answer.cancel()
             generation.cancel()
             raise
         generation.prompt_tokens = len(job.prompt)
