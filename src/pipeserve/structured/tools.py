@@ -347,20 +347,25 @@ class CallReader:
     def _string_char(self, char: str, events: list[tuple[str, str]]) -> None:
         if self._token is not None:
             self._token.append(char)
+        if self._string_step(char) and self._token is not None:
+            raw = "".join(self._token)
+            try:
+                value = json.loads(raw)
+            except ValueError:  # not from the constraint: taken as written
+                value = raw[1:-1]
+            self._string_done(value, events)
+            self._token = None
+
+    def _string_step(self, char: str) -> bool:
+        """One character inside a JSON string; True when it is the closing quote."""
         if self._escape:
             self._escape = False
         elif char == "\\":
             self._escape = True
         elif char == '"':
             self._in_string = False
-            if self._token is not None:
-                raw = "".join(self._token)
-                try:
-                    value = json.loads(raw)
-                except ValueError:  # not from the constraint: taken as written
-                    value = raw[1:-1]
-                self._string_done(value, events)
-                self._token = None
+            return True
+        return False
 
     def _string_done(self, value: str, events: list[tuple[str, str]]) -> None:
         if self._expect == "key":
@@ -374,12 +379,7 @@ class CallReader:
 
     def _argument_char(self, char: str, events: list[tuple[str, str]]) -> None:
         if self._in_string:
-            if self._escape:
-                self._escape = False
-            elif char == "\\":
-                self._escape = True
-            elif char == '"':
-                self._in_string = False
+            self._string_step(char)
         elif char == '"':
             self._in_string = True
         elif char in "{[":
