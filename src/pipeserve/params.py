@@ -8,10 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-# What the completion text is: plain content; content that may hold `<tool_call>` blocks (tool_choice auto);
-# or JSON tool calls under a constraint (tool_choice required or named).
-OutputMode = Literal["text", "auto_tools", "tool_json"]
-
 DEFAULTS: Final[dict[str, Any]] = {
     "n": 1,
     "temperature": 1.0,
@@ -64,12 +60,29 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
 
 
+ToolChoice = Literal["none", "auto", "required", "named"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """`response_format` json_object or json_schema, as the client gave it (remote engines pass it on)."""
+
+    type: Literal["json_object", "json_schema"]
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ChatParams:
     """A chat completion request as the pipeline and the engines see it."""
 
     model: str
     messages: tuple[ChatMessage, ...]
+    # The name an upstream engine is asked for, when the model is a provider's route (`openai:gpt-4o` → `gpt-4o`);
+    # None: the engine's own configured name.
+    upstream_model: str | None = None
     n: int = DEFAULTS["n"]
     # None: as many tokens as the context window leaves after the prompt (OpenAI's meaning of "unset").
     max_tokens: int | None = None
@@ -82,11 +95,17 @@ class ChatParams:
     store: bool | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     user: str | None = None
-    # Structured output: the completion must be one JSON value valid against this schema (engines enforce it).
-    constraint: dict[str, Any] | None = None
-    # Tools the model is told about, and what its output means.
+    # The request's tools (or legacy functions); under tool_choice none the model may not call them.
     tools: tuple[ToolSpec, ...] = ()
-    output: OutputMode = "text"
     parallel_tool_calls: bool = True
     # Legacy `functions`: answer with `message.function_call` and finish_reason `function_call`.
     legacy_functions: bool = False
+    # Structured output: content (response_format) or calls (tool_choice required or named) that must be
+    # valid JSON; `response_format.schema` has passed `check_schema`.
+    tool_choice: ToolChoice = "none"
+    tool_name: str | None = None  # the function a `named` tool_choice names
+    response_format: ResponseFormat | None = None
+    # Request fields pipeserve does not interpret itself (`reasoning_effort`, `service_tier`, `prediction`,
+    # `modalities`, `audio`, `verbosity`, `web_search_options`), as sent: only for engines whose capabilities
+    # say they pass them on; for the others they are a 400 at the edge.
+    passthrough: dict[str, Any] = field(default_factory=dict)

@@ -1,4 +1,8 @@
-"""The chat pipeline over a scripted fake engine: completions, SSE streams, errors and cancellation."""
+"""The chat pipeline over scripted fake engines: completions, SSE streams, errors and cancellation.
+
+`FakeEngine` scripts text as the llama.cpp engine's scheduler produces it, read by that engine's own
+`TextGeneration` (stop strings, finish handling); `TypedEngine` scripts typed deltas as a remote engine
+reports them (tool-call fragments, reasoning, usage)."""
 
 from __future__ import annotations
 
@@ -10,14 +14,26 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeserve.engines.base import Capabilities, Delta, Engine, EngineStats, Generation, TokenLogprob, TopToken
+from pipeserve.engines.base import (
+    Capabilities,
+    Delta,
+    Engine,
+    EngineStats,
+    Generation,
+    TokenLogprob,
+    ToolCallFragment,
+    TopToken,
+    Usage,
+)
+from pipeserve.engines.llamacpp.output import TextGeneration
+from pipeserve.engines.llamacpp.slots import TextDelta
 from pipeserve.errors import EngineError, ModelNotFoundError, PipeserveError
-from pipeserve.params import ChatMessage, ChatParams, SamplingParams
+from pipeserve.params import ChatMessage, ChatParams, ResponseFormat, SamplingParams, ToolSpec
 from pipeserve.service.chat import ChatService
 from pipeserve.service.models import ModelRegistry, ServedModel
 from pipeserve.settings import ModelConfig
 
-Step = list[Delta] | PipeserveError
+Step = list[TextDelta] | PipeserveError
 PARAMS = ChatParams(model="fake", messages=(ChatMessage("user", "Hi"),))
 DONE = b"data: [DONE]\n\n"
 
@@ -32,6 +48,7 @@ class FakeEngine(Engine):
         self.finish = finish
         self.stops: list[tuple[int | None, bool]] = []
         self.received: list[ChatParams] = []
+        self.think: tuple[str, str] | None = None  # a reasoning model's think tags
 
     @property
     def context_window(self) -> int:
@@ -48,17 +65,43 @@ class FakeEngine(Engine):
 
     async def generate(self, params: ChatParams) -> Generation:
         self.received.append(params)
-        generation = Generation(self.prompt_tokens, lambda choice, keep: self.stops.append((choice, keep)))
+        generation = TextGeneration(params, lambda choice, keep: self.stops.append((choice, keep)), self.think)
+        generation.usage.prompt_tokens = self.prompt_tokens
         self.task = asyncio.create_task(self._feed(generation))
         return generation
 
-    async def _feed(self, generation: Generation) -> None:
+    async def _feed(self, generation: TextGeneration) -> None:
         for i, step in enumerate(self.steps):
             await asyncio.sleep(0)
             if isinstance(step, PipeserveError):
                 generation.fail(step)
                 return
-            generation.push(step, self.cached, done=self.finish and i == len(self.steps) - 1)
+            generation.push_text(step, self.cached, done=self.finish and i == len(self.steps) - 1)
+
+
+class TypedEngine(FakeEngine):
+    """Pushes scripted typed deltas, then the usage the engine reports, as a remote engine does."""
+
+    def __init__(self, steps: list[list[Delta] | PipeserveError], *, usage: Usage | None = None) -> None:
+        super().__init__([])
+        self.typed = steps
+        self.reported = usage or Usage(prompt_tokens=12, completion_tokens=5, cached_tokens=8, reasoning_tokens=2)
+
+    async def generate(self, params: ChatParams) -> Generation:
+        self.received.append(params)
+        generation = Generation(0, lambda choice, keep: self.stops.append((choice, keep)))
+        self.task = asyncio.create_task(self._push(generation))
+        return generation
+
+    async def _push(self, generation: Generation) -> None:
+        for i, step in enumerate(self.typed):
+            await asyncio.sleep(0)
+            if isinstance(step, PipeserveError):
+                generation.fail(step)
+                return
+            if i == len(self.typed) - 1:
+                generation.usage = self.reported
+            generation.push(step, done=i == len(self.typed) - 1)
 
 
 def service(engine: FakeEngine) -> ChatService:
@@ -66,8 +109,8 @@ def service(engine: FakeEngine) -> ChatService:
     return ChatService(ModelRegistry([ServedModel(config=config, engine=engine)]))
 
 
-def d(index: int, text: str, tokens: int = 1, finish: str | None = None, **kw: Any) -> Delta:
-    return Delta(index=index, text=text, tokens=tokens, finish_reason=finish, **kw)
+def d(index: int, text: str, tokens: int = 1, finish: str | None = None, **kw: Any) -> TextDelta:
+    return TextDelta(index=index, text=text, tokens=tokens, finish_reason=finish, **kw)
 
 
 async def collect(stream: AsyncIterator[bytes]) -> list[bytes]:
@@ -237,11 +280,12 @@ async def test_engine_failure_mid_stream_is_an_error_event_then_done() -> None:
     assert len(events) == 4
 
 
-async def test_unexpected_failure_mid_stream_is_an_error_event_then_done() -> None:
-    events = await collect(await service(FakeEngine([[d(0, "a")], [d(3, "b")]])).stream(replace(PARAMS, stream=True)))
+async def test_a_delta_for_no_running_choice_is_an_error_event_then_done() -> None:
+    engine = TypedEngine([[Delta(0, content="a")], [Delta(3, content="b")]])
+    events = await collect(await service(engine).stream(replace(PARAMS, stream=True)))
     error = orjson.loads(events[-2][6:])["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert error["code"] == "engine_error" and error["message"].startswith("the stream failed")
+    assert error["code"] == "engine_error" and "choice 3" in error["message"]
     assert events[-1] == DONE
 
 
@@ -289,7 +333,7 @@ class PlainEngine(FakeEngine):
         ({"logprobs": True}, "logprobs"),
         ({"sampling": SamplingParams(seed=3)}, "seed"),
         ({"sampling": SamplingParams(logit_bias=((1, 5.0),))}, "logit_bias"),
-        ({"constraint": {"type": "object"}}, "response_format"),
+        ({"response_format": ResponseFormat("json_object")}, "response_format"),
     ],
 )
 async def test_fields_an_engine_cannot_honour_are_a_400(change: dict[str, Any], param: str) -> None:
@@ -299,3 +343,73 @@ async def test_fields_an_engine_cannot_honour_are_a_400(change: dict[str, Any], 
     assert caught.value.status_code == 400 and caught.value.param == param
     assert engine.received == []
     assert (await service(PlainEngine([[d(0, "a", finish="stop")]])).complete(PARAMS)).choices[0].message.content == "a"
+
+
+ADD = ToolSpec("add", None, {"type": "object"})
+CALL_STEPS: list[list[Delta] | PipeserveError] = [
+    [Delta(0, reasoning="Adding.")],
+    [Delta(0, tool_calls=[ToolCallFragment(0, "call_1", "add", "")])],
+    [Delta(0, tool_calls=[ToolCallFragment(0, arguments='{"a":')])],
+    [Delta(0, tool_calls=[ToolCallFragment(0, arguments="1}"), ToolCallFragment(1, "call_2", "add", "{}")])],
+    [Delta(0, finish_reason="tool_calls")],
+]
+
+
+async def test_typed_tool_call_fragments_make_the_message_and_the_engines_usage_is_reported() -> None:
+    params = replace(PARAMS, tools=(ADD,), tool_choice="auto")
+    completion = await service(TypedEngine(CALL_STEPS)).complete(params)
+    [choice] = completion.choices
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None and choice.message.reasoning_content == "Adding."
+    assert choice.message.tool_calls is not None
+    calls = [(c.id, c.function.name, c.function.arguments) for c in choice.message.tool_calls]
+    assert calls == [("call_1", "add", '{"a":1}'), ("call_2", "add", "{}")]
+    usage = completion.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens_details.cached_tokens) == (12, 5, 8)
+    assert usage.completion_tokens_details.reasoning_tokens == 2
+
+
+async def test_a_stream_of_typed_fragments_merges_to_the_plain_message() -> None:
+    params = replace(PARAMS, tools=(ADD,), tool_choice="auto", stream=True)
+    chunks = payloads(await collect(await service(TypedEngine(CALL_STEPS)).stream(params)))
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[0] == {"role": "assistant", "reasoning_content": "Adding."}
+    assert deltas[1] == {
+        "tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "add", "arguments": ""}}]
+    }
+    assert deltas[2] == {"tool_calls": [{"index": 0, "function": {"arguments": '{"a":'}}]}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_a_legacy_functions_request_gets_its_call_as_function_call() -> None:
+    params = replace(PARAMS, tools=(ADD,), tool_choice="auto", legacy_functions=True, parallel_tool_calls=False)
+    steps = [step for step in CALL_STEPS if not (isinstance(step, list) and len(step[0].tool_calls) > 1)]
+    steps.insert(-1, [Delta(0, tool_calls=[ToolCallFragment(0, arguments="1}")])])
+    completion = await service(TypedEngine(steps)).complete(params)
+    [choice] = completion.choices
+    assert choice.finish_reason == "function_call" and choice.message.tool_calls is None
+    assert choice.message.function_call is not None
+    assert (choice.message.function_call.name, choice.message.function_call.arguments) == ("add", '{"a":1}')
+    chunks = payloads(await collect(await service(TypedEngine(steps)).stream(replace(params, stream=True))))
+    heads = [c["choices"][0]["delta"].get("function_call") for c in chunks]
+    assert heads[1] == {"name": "add", "arguments": ""}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "function_call"
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"tools": (ADD,), "tool_choice": "auto"}, "tools"),
+        ({"n": 3}, "n"),
+        ({"passthrough": {"service_tier": "flex"}}, "service_tier"),
+    ],
+)
+async def test_capabilities_an_engine_lacks_are_a_400_naming_the_field(change: dict[str, Any], param: str) -> None:
+    class NoTools(TypedEngine):
+        capabilities = Capabilities(tools=False, max_n=2)
+
+    engine = NoTools(CALL_STEPS)
+    with pytest.raises(PipeserveError) as caught:
+        await service(engine).complete(replace(PARAMS, **change))
+    assert caught.value.status_code == 400 and caught.value.param == param
+    assert engine.received == []

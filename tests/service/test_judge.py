@@ -174,7 +174,8 @@ async def test_the_score_is_the_verdict_tokens_probability_of_pass(chat: ChatSer
     verdict = await judge.judge(criterion(), HI, KIND)
     # The same request again (temperature 0, run alone): read the verdict token by hand.
     params = judge.request(criterion(), HI, KIND)
-    assert params.constraint == VERDICT_SCHEMA and params.logprobs and params.top_logprobs == 20
+    assert params.response_format is not None and params.response_format.schema == VERDICT_SCHEMA
+    assert params.logprobs and params.top_logprobs == 20
     completion = await chat.complete(params)
     content = completion.choices[0].message.content or ""
     assert orjson.loads(content)["verdict"] in ("PASS", "FAIL")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from pipeserve.errors import PipeserveError
 from pipeserve.params import ChatParams
@@ -28,26 +29,69 @@ class TokenLogprob:
     top: list[TopToken]
 
 
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+@dataclass(slots=True)
+class ToolCallFragment:
+    """Part of one tool call of a choice: its first fragment names the call (`id`, `name`); the argument
+    text follows in pieces that concatenate to the JSON text of the arguments."""
+
+    index: int  # the call's position among the choice's tool calls
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
 @dataclass(slots=True)
 class Delta:
-    """What one choice produced in one engine step."""
+    """What one choice produced in one engine step, already parsed: every engine, local or remote, reports
+    content, reasoning and tool calls this way, so the pipeline above parses nothing.
+
+    `logprobs` are those of the tokens behind this delta's content (empty lists allowed). A delta that
+    carries a `finish_reason` is the choice's last. A legacy-functions request gets its call as a tool call
+    and `tool_calls`; the pipeline renders it as `function_call`."""
 
     index: int
-    text: str
-    tokens: int
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCallFragment] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None  # "stop" | "length" once the choice is finished
+    finish_reason: FinishReason | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.content or self.reasoning or self.tool_calls or self.logprobs or self.finish_reason)
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens of one request as the engine counted them; `completion_tokens` includes `reasoning_tokens`."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV entries were reused rather than computed
+    reasoning_tokens: int = 0
+
+
+ToolChoiceKind = Literal["none", "auto", "required", "named"]
 
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
-    """What an engine can honour; the pipeline answers 400 for a request field it can't."""
+    """What an engine can honour; the pipeline answers 400 naming a request field it can't."""
 
     logprobs: bool = True
     max_top_logprobs: int = 20
     seed: bool = True
     logit_bias: bool = True
-    structured_output: bool = True
+    structured_output: bool = True  # response_format json_schema / json_object
+    tools: bool = True
+    tool_choice: frozenset[ToolChoiceKind] = frozenset({"none", "auto", "required", "named"})
+    parallel_tool_calls: bool = True  # honours parallel_tool_calls false
+    max_n: int | None = None  # None: any n the engine accepts (it checks its own capacity)
+    reasoning: bool = False  # reports reasoning (thinking) apart from the content
+    passthrough: bool = False  # forwards the fields of `ChatParams.passthrough` to an upstream that knows them
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,21 +109,20 @@ _END = object()
 class Generation:
     """One running request: an async iterator of per-step delta lists, fed by the engine.
 
-    `prompt_tokens` is known when the generation is returned; `cached_tokens` (prompt tokens whose KV
-    entries were reused rather than computed) once the first deltas arrive.
+    `usage.prompt_tokens` is known when the generation is returned; the rest is kept up to date by the engine
+    as deltas arrive and is final once the iteration ends.
     """
 
     def __init__(self, prompt_tokens: int, stop: Callable[[int | None, bool], None]) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.cached_tokens = 0
+        self.usage = Usage(prompt_tokens=prompt_tokens)
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._stop = stop
         self._done = False
 
     # --- engine side: called on the event loop (engines in threads use call_soon_threadsafe) -------------
-    def push(self, deltas: list[Delta], cached_tokens: int, done: bool) -> None:
-        self.cached_tokens = cached_tokens
-        self._queue.put_nowait(deltas)
+    def push(self, deltas: list[Delta], done: bool) -> None:
+        if deltas:
+            self._queue.put_nowait(deltas)
         if done:
             self._queue.put_nowait(_END)
 
@@ -103,7 +146,7 @@ class Generation:
             yield item
 
     def stop(self, choice: int | None = None, *, keep_cache: bool) -> None:
-        """Stop generating one choice (a stop string matched) or all of them. Idempotent.
+        """Stop generating one choice or all of them. Idempotent.
 
         `keep_cache`: the output so far is good, so its KV entries may serve later prompts; a cancelled
         request (client gone) frees them at once.
@@ -122,11 +165,15 @@ class Engine(ABC):
     """Runs one model. Implementations live in one module each under `pipeserve.engines`."""
 
     capabilities: Capabilities = Capabilities()
+    # An engine of another server: its being unavailable makes this server degraded (the upstream is down for
+    # every replica alike), not unhealthy, so load balancers keep it serving its other models.
+    remote: bool = False
 
     @property
     @abstractmethod
-    def context_window(self) -> int:
-        """The most tokens (prompt + completion) one request may use."""
+    def context_window(self) -> int | None:
+        """The most tokens (prompt + completion) one request may use; None when unknown (an upstream that
+        doesn't say)."""
 
     @abstractmethod
     async def start(self) -> None:

@@ -6,24 +6,24 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
-from pipeserve.engines.base import Generation, TokenLogprob
+from pipeserve.engines.base import Delta, Generation
 from pipeserve.errors import EngineError, PipeserveError, UnsupportedParameterError
 from pipeserve.params import ChatParams
 from pipeserve.protocol import chat_completions as wire
-from pipeserve.service.choices import ChoiceState, Emitted
 from pipeserve.service.metrics import Metrics
 from pipeserve.service.models import ModelRegistry, ServedModel
-from pipeserve.service.outputs import StreamShaper, final_message, one_call
-from pipeserve.service.reasoning import ThinkSplitter
+from pipeserve.service.outputs import ChoiceOutput
 from pipeserve.service.recording import Call
 
 log = logging.getLogger("pipeserve.chat")
 
 SSE_DONE = b"data: [DONE]\n\n"
+# Failures of a model that its fallbacks may answer instead: its limits, the upstream's, and its being down.
+_FALL_BACK_ON = frozenset({429, 500, 502, 503, 504})
 
 # Called once a stream's content is out and before its last bytes: the merged completion (as the `openai`
 # SDK assembles it) or the error that ended the stream.
@@ -58,18 +58,6 @@ class EventStream:
             self._release()
 
 
-def _wire_logprobs(entries: list[TokenLogprob]) -> list[wire.TokenLogprob]:
-    return [
-        wire.TokenLogprob(
-            token=entry.token,
-            bytes=list(entry.bytes),
-            logprob=entry.logprob,
-            top_logprobs=[wire.TopLogprob(token=t.token, bytes=list(t.bytes), logprob=t.logprob) for t in entry.top],
-        )
-        for entry in entries
-    ]
-
-
 @dataclass
 class _Run:
     """One request in flight: its identity, its generation and the state of each choice."""
@@ -79,7 +67,7 @@ class _Run:
     id: str
     created: int
     fingerprint: str
-    choices: list[ChoiceState]
+    choices: list[ChoiceOutput]
     metrics: Metrics | None = None
     label: str = ""  # the model id, for metrics
     started: float = 0.0
@@ -97,10 +85,10 @@ class _Run:
         return sse(payload.model_dump_json().encode())
 
     def usage(self) -> wire.Usage:
-        prompt = self.generation.prompt_tokens
-        cached = min(self.generation.cached_tokens, prompt)
-        completion = sum(choice.tokens for choice in self.choices)
-        reasoning = sum(choice.reasoning_tokens for choice in self.choices)
+        counted = self.generation.usage
+        prompt, completion = counted.prompt_tokens, counted.completion_tokens
+        cached = min(counted.cached_tokens, prompt)
+        reasoning = min(counted.reasoning_tokens, completion)
         return wire.Usage(
             prompt_tokens=prompt,
             completion_tokens=completion,
@@ -113,9 +101,8 @@ class _Run:
             prompt_cache_miss_tokens=prompt - cached,
         )
 
-    async def deltas(self) -> AsyncIterator[tuple[int, Emitted]]:
-        """Emitted text per choice until every choice has finished; stops the engine's work when done."""
-        remaining = len(self.choices)
+    async def deltas(self) -> AsyncIterator[Delta]:
+        """The engine's deltas until every choice has finished; stops the engine's work however it ends."""
         last = 0.0
         try:
             async for step in self.generation:
@@ -127,19 +114,10 @@ class _Run:
                     histogram.labels(self.label).observe(now - (last or self.started))
                     last = now
                 for delta in step:
-                    choice = self.choices[delta.index]
-                    emitted = choice.feed(delta)
-                    if emitted is None:
-                        continue
-                    if emitted.finish_reason is not None:
-                        remaining -= 1
-                        if delta.finish_reason is None:  # a stop string: this choice needs no more tokens
-                            self.generation.stop(delta.index, keep_cache=True)
-                    yield delta.index, emitted
-                if remaining == 0:
-                    self.generation.stop(keep_cache=True)
-                    return
-            if remaining:
+                    if not 0 <= delta.index < len(self.choices) or self.choices[delta.index].finish_reason:
+                        raise EngineError(f"the engine sent a delta for choice {delta.index}, which is not running")
+                    yield delta
+            if any(choice.finish_reason is None for choice in self.choices):
                 raise EngineError("the engine ended the generation before every choice finished")
         finally:
             self.generation.cancel()  # no-op once finished; frees the sequences of an abandoned request
@@ -155,51 +133,67 @@ class ChatService:
         self.metrics = metrics
 
     async def _start(self, params: ChatParams, call: Call | None, served: ServedModel | None) -> _Run:
+        """Start the generation on the model asked for, or on its fallbacks in order when it fails before its
+        answer starts (the answer then names the model that served it)."""
         served = served or self.models.resolve(params.model)
-        _check_capabilities(served, params)
         started = time.perf_counter()
-        generation = await served.engine.generate(params)
+        fallbacks = served.config.fallbacks if served.upstream_name is None else []
+        first_error: PipeserveError | None = None
+        for name in [None, *fallbacks]:
+            try:
+                current = served if name is None else self.models.resolve(name)
+                wanted = params if name is None else replace(params, model=name)
+                if current.upstream_name is not None:
+                    wanted = replace(wanted, upstream_model=current.upstream_name)
+                _check_capabilities(current, wanted)
+                generation = await current.engine.generate(wanted)
+                break
+            except PipeserveError as error:
+                if first_error is None and (not fallbacks or error.status_code not in _FALL_BACK_ON):
+                    raise  # the request itself is wrong, or there is nowhere else to go
+                first_error = first_error or error
+                log.warning("%s failed before answering (%s); trying its next fallback", name or params.model, error)
+        else:
+            assert first_error is not None
+            raise first_error  # every fallback failed too: the model asked for says why
+        params, served = wanted, current
         return _Run(
             params=params,
             generation=generation,
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
             fingerprint=served.fingerprint,
-            choices=[ChoiceState(i, params.stop, self._splitter(served), one_call(params)) for i in range(params.n)],
+            choices=[ChoiceOutput(i, params) for i in range(params.n)],
             metrics=self.metrics,
-            label=served.config.id,
+            label=served.label,
             started=started,
             call=call,
         )
-
-    @staticmethod
-    def _splitter(served: ServedModel) -> ThinkSplitter | None:
-        return ThinkSplitter(*served.config.think_tags) if served.config.reasoning else None
 
     async def complete(
         self, params: ChatParams, call: Call | None = None, served: ServedModel | None = None
     ) -> wire.ChatCompletion:
         """`served`: the model `params.model` names, if the caller resolved it already."""
         run = await self._start(params, call, served)
-        async for _ in run.deltas():
-            pass
+        async for delta in run.deltas():
+            run.choices[delta.index].add(delta)
         return self._completion(run)
 
     @staticmethod
     def _completion(run: _Run) -> wire.ChatCompletion:
-        params = run.params
-        choices = []
-        for choice in run.choices:
-            message, finish = final_message(params, choice.content, choice.finish_reason or "stop")
-            message.reasoning_content = choice.reasoning_content
-            logprobs = wire.ChoiceLogprobs(content=_wire_logprobs(choice.logprobs)) if params.logprobs else None
-            choices.append(
-                wire.Choice(index=choice.index, message=message, finish_reason=finish, logprobs=logprobs)  # type: ignore[arg-type]
+        choices = [
+            wire.Choice(
+                index=choice.index,
+                message=choice.message(),
+                finish_reason=choice.wire_finish,  # type: ignore[arg-type]
+                logprobs=choice.wire_logprobs(),
             )
+            for choice in run.choices
+        ]
         return wire.ChatCompletion(
             id=run.id,
             created=run.created,
-            model=params.model,
+            model=run.params.model,
             choices=choices,
             usage=run.usage(),
             system_fingerprint=run.fingerprint,
@@ -220,40 +214,20 @@ class ChatService:
     async def _stream(
         self, run: _Run, on_end: StreamEnd | None, grade: StreamGrade | None
     ) -> AsyncGenerator[bytes, None]:
-        shapers = [StreamShaper(run.params) for _ in run.choices]
-        # Logprobs of text not sent yet (held back, or a call's JSON before its head): they go out with the
-        # choice's next delta, so that the stream carries every one the plain response does.
-        waiting: list[list[TokenLogprob]] = [[] for _ in run.choices]
         try:
             try:
-                for index, shaper in enumerate(shapers):
-                    opening = shaper.opening()
+                for choice in run.choices:
+                    opening = choice.opening()
                     if opening is not None:
-                        yield run.chunk([wire.ChunkChoice(index=index, delta=opening)])
-                async for index, emitted in run.deltas():
-                    shaper = shapers[index]
-                    if emitted.reasoning:
-                        yield run.chunk([wire.ChunkChoice(index=index, delta=shaper.reasoning(emitted.reasoning))])
-                    deltas = shaper.feed(emitted.text)
-                    if run.params.logprobs:
-                        waiting[index] += emitted.logprobs
-                        if waiting[index] and not deltas and run.params.output == "text":
-                            deltas = [wire.ChunkDelta(content="")]  # logprobs of text still held back
-                    for delta in deltas:
-                        yield run.chunk([wire.ChunkChoice(index=index, delta=delta, logprobs=_take(waiting[index]))])
-                    if emitted.finish_reason is not None:
-                        tail, finish = shaper.finish(emitted.finish_reason)
-                        for delta in tail:
-                            yield run.chunk(
-                                [wire.ChunkChoice(index=index, delta=delta, logprobs=_take(waiting[index]))]
-                            )
-                        end = wire.ChunkChoice(
-                            index=index,
-                            delta=wire.ChunkDelta(),
-                            finish_reason=finish,  # type: ignore[arg-type]
-                            logprobs=_take(waiting[index]),
-                        )
-                        yield run.chunk([end])
+                        yield run.chunk([wire.ChunkChoice(index=choice.index, delta=opening)])
+                async for delta in run.deltas():
+                    choice = run.choices[delta.index]
+                    shaped = choice.chunk(delta)
+                    if shaped is not None:
+                        out, logprobs = shaped
+                        yield run.chunk([wire.ChunkChoice(index=choice.index, delta=out, logprobs=logprobs)])
+                    if delta.finish_reason is not None:
+                        yield run.chunk([choice.finish()])
                 completion = self._completion(run)
                 if grade is not None:
                     completion = await grade(completion)
@@ -278,18 +252,29 @@ class ChatService:
 
 def _check_capabilities(served: ServedModel, params: ChatParams) -> None:
     can = served.engine.capabilities
+    tools = "functions" if params.legacy_functions else "tools"
+    choice = "function_call" if params.legacy_functions else "tool_choice"
     wanted = {
         "logprobs": params.logprobs and not can.logprobs,
         "top_logprobs": params.top_logprobs > can.max_top_logprobs,
         "seed": params.sampling.seed is not None and not can.seed,
         "logit_bias": bool(params.sampling.logit_bias) and not can.logit_bias,
-        "response_format": params.constraint is not None and not can.structured_output,
+        "response_format": params.response_format is not None and not can.structured_output,
+        tools: bool(params.tools) and not can.tools,
+        choice: bool(params.tools) and params.tool_choice not in can.tool_choice,
+        "parallel_tool_calls": bool(params.tools) and not params.parallel_tool_calls and not can.parallel_tool_calls,
+        "n": can.max_n is not None and params.n > can.max_n,
     }
     for field, missing in wanted.items():
         if missing:
             raise UnsupportedParameterError(
                 f"The model {served.config.id} can't honour '{field}'. Remove it or use another model.", param=field
             )
+    if params.passthrough and not can.passthrough:
+        field = sorted(params.passthrough)[0]
+        raise UnsupportedParameterError(
+            f"The model {served.config.id} can't honour '{field}'. Remove it or use another model.", param=field
+        )
 
 
 def criteria_choices(completion: wire.ChatCompletion) -> list[wire.ChunkChoice]:
@@ -298,15 +283,6 @@ def criteria_choices(completion: wire.ChatCompletion) -> list[wire.ChunkChoice]:
         wire.ChunkChoice(index=c.index, delta=wire.ChunkDelta(), criteria_results=c.criteria_results)
         for c in completion.choices
     ]
-
-
-def _take(waiting: list[TokenLogprob]) -> wire.ChoiceLogprobs | None:
-    """The waiting logprobs as a chunk's, emptying the list; None when there are none."""
-    if not waiting:
-        return None
-    taken = wire.ChoiceLogprobs(content=_wire_logprobs(waiting))
-    waiting.clear()
-    return taken
 
 
 def _error_json(error: PipeserveError) -> bytes:

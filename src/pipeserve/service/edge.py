@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeserve.errors import InvalidRequestError, UnsupportedParameterError
-from pipeserve.params import DEFAULTS, ChatMessage, ChatParams, OutputMode, SamplingParams, ToolCall, ToolSpec
+from pipeserve.params import (
+    DEFAULTS,
+    ChatMessage,
+    ChatParams,
+    ResponseFormat,
+    SamplingParams,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
 from pipeserve.protocol.chat_completions import (
     AssistantMessage,
     ChatCompletionRequest,
@@ -17,7 +26,6 @@ from pipeserve.protocol.chat_completions import (
     TextPart,
 )
 from pipeserve.structured.schema import check_schema
-from pipeserve.structured.tools import calls_schema
 
 # Fields whose support is scheduled but not built yet: named in a 400 rather than ignored.
 _NOT_YET = ("audio", "prediction", "web_search_options")
@@ -45,8 +53,9 @@ def to_params(request: ChatCompletionRequest) -> ChatParams:
             param="top_logprobs",
         )
     stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
+    response_format = _response_format(request)
     tooling = _tooling(request)
-    if tooling.constraint is not None and stop:
+    if (tooling.choice in ("required", "named") or response_format is not None) and stop:
         raise InvalidRequestError(
             "'stop' can't be combined with structured output: cutting the JSON at a stop string would break "
             "it. Remove 'stop', or use a text response_format.",
@@ -73,26 +82,26 @@ def to_params(request: ChatCompletionRequest) -> ChatParams:
         store=request.store,
         metadata=_metadata(request.metadata),
         user=request.user if request.user is not None else request.safety_identifier,
-        constraint=tooling.constraint,
         tools=tooling.tools,
-        output=tooling.output,
         parallel_tool_calls=tooling.parallel,
         legacy_functions=tooling.legacy,
+        tool_choice=tooling.choice,
+        tool_name=tooling.name,
+        response_format=response_format,
     )
 
 
 @dataclass(frozen=True)
 class _Tooling:
     tools: tuple[ToolSpec, ...] = ()
-    output: OutputMode = "text"
-    constraint: dict[str, Any] | None = None
     parallel: bool = True
     legacy: bool = False
+    choice: ToolChoice = "none"
+    name: str | None = None
 
 
 def _tooling(request: ChatCompletionRequest) -> _Tooling:
     """tools/functions, tool_choice/function_call and response_format: what the output must be."""
-    content_schema = _response_schema(request)
     if request.tools is not None and request.functions is not None:
         raise InvalidRequestError("Send either 'tools' or the legacy 'functions', not both.", param="functions")
     legacy = request.functions is not None
@@ -109,7 +118,7 @@ def _tooling(request: ChatCompletionRequest) -> _Tooling:
             raise InvalidRequestError(
                 "'parallel_tool_calls' is only allowed when 'tools' are specified.", param="parallel_tool_calls"
             )
-        return _Tooling(constraint=content_schema)
+        return _Tooling()
     assert definitions is not None
     if not definitions:
         raise InvalidRequestError(f"'{name}' must list at least one function; remove it to call none.", param=name)
@@ -120,11 +129,11 @@ def _tooling(request: ChatCompletionRequest) -> _Tooling:
         raise InvalidRequestError(f"Function names in '{name}' must be unique.", param=name)
     parallel = False if legacy else request.parallel_tool_calls is not False
     if choice is None or choice == "auto":
-        return _Tooling(tools, "auto_tools", content_schema, parallel, legacy)
+        return _Tooling(tools, parallel, legacy, "auto")
     if choice == "none":
-        return _Tooling((), "text", content_schema, parallel, legacy)
+        return _Tooling(tools, parallel, legacy, "none")
     if choice == "required":
-        return _Tooling(tools, "tool_json", calls_schema(tools, parallel=parallel), parallel, legacy)
+        return _Tooling(tools, parallel, legacy, "required")
     wanted = choice.name if legacy else choice.function.name
     chosen = tuple(t for t in tools if t.name == wanted)
     if not chosen:
@@ -132,7 +141,7 @@ def _tooling(request: ChatCompletionRequest) -> _Tooling:
             f"'{choice_param}' names the function '{wanted}', which is not among the {name}: {names}.",
             param=choice_param,
         )
-    return _Tooling(tools, "tool_json", calls_schema(chosen, parallel=False), False, legacy)
+    return _Tooling(tools, False, legacy, "named", wanted)
 
 
 def _tool_spec(definition: FunctionDefinition, param: str) -> ToolSpec:
@@ -154,14 +163,15 @@ def _tool_spec(definition: FunctionDefinition, param: str) -> ToolSpec:
     return ToolSpec(definition.name, definition.description, parameters, definition.strict)
 
 
-def _response_schema(request: ChatCompletionRequest) -> dict[str, Any] | None:
+def _response_format(request: ChatCompletionRequest) -> ResponseFormat | None:
     fmt = request.response_format
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
-        return {"type": "object"}
-    schema = fmt.json_schema.schema_ if fmt.json_schema.schema_ is not None else {}
-    return check_schema(schema, param="response_format.json_schema.schema")
+        return ResponseFormat("json_object")
+    spec = fmt.json_schema
+    schema = check_schema(spec.schema_ if spec.schema_ is not None else {}, param="response_format.json_schema.schema")
+    return ResponseFormat("json_schema", schema, spec.name, spec.description, spec.strict)
 
 
 def _reject_unsupported(request: ChatCompletionRequest) -> None:

@@ -1,125 +1,131 @@
-"""What a choice's text becomes on the wire: content, tool calls or a legacy function call."""
+"""What a choice's typed deltas become on the wire: stream chunks, and the message they add up to.
+
+One `ChoiceOutput` per choice sees every delta the client is sent, so a plain response and a stream's merged
+completion (what is logged and cached) are built the same way, from the same deltas, with the same call ids.
+"""
 
 from __future__ import annotations
 
-from pipeserve.params import ChatParams, ToolCall
+from dataclasses import dataclass, field
+
+from pipeserve.engines.base import Delta, TokenLogprob
+from pipeserve.params import ChatParams
 from pipeserve.protocol import chat_completions as wire
-from pipeserve.structured.tools import (
-    AutoCallStream,
-    CallReader,
-    OneCall,
-    new_call_id,
-    parse_auto,
-    parse_constrained,
-)
 
 
-def call_limit(params: ChatParams) -> int | None:
-    """How many calls an answer may make: one when parallel_tool_calls is false (always, for legacy
-    functions), else no limit."""
-    return None if params.parallel_tool_calls and not params.legacy_functions else 1
+def wire_logprobs(entries: list[TokenLogprob]) -> list[wire.TokenLogprob]:
+    return [
+        wire.TokenLogprob(
+            token=entry.token,
+            bytes=list(entry.bytes),
+            logprob=entry.logprob,
+            top_logprobs=[wire.TopLogprob(token=t.token, bytes=list(t.bytes), logprob=t.logprob) for t in entry.top],
+        )
+        for entry in entries
+    ]
 
 
-def one_call(params: ChatParams) -> OneCall | None:
-    """For `ChoiceState`: a tool_choice `auto` answer that must end with its first call (parallel_tool_calls
-    false), so generation stops there; None when there's no such limit."""
-    if params.output != "auto_tools" or call_limit(params) is None:
-        return None
-    return OneCall(frozenset(tool.name for tool in params.tools), leading=params.legacy_functions)
+@dataclass
+class _Call:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
 
 
-def _calls_finish(params: ChatParams, engine_finish: str, *, complete: bool = False) -> str:
-    """A truncated call keeps `length`, so that the truncation is not hidden; `complete`: the answer ended
-    with its last allowed call, so whatever the budget cut came after it and was dropped."""
-    if engine_finish == "length" and not complete:
-        return "length"
-    return "function_call" if params.legacy_functions else "tool_calls"
+@dataclass
+class ChoiceOutput:
+    """One choice as the client has been sent it, and the stream shaping that goes with it.
 
+    Streams begin as OpenAI's do: a request that can only answer text gets the role with empty content at
+    once; one that may call tools gets the role with whatever comes first (content, reasoning, or a call's
+    head), because clients merge the other chunks onto the first one. Logprobs of text not sent yet ride
+    with the choice's next chunk, or go out at once with empty content when only text can come."""
 
-def _wire_calls(params: ChatParams, calls: list[ToolCall]) -> dict[str, object]:
-    if params.legacy_functions:
-        first = calls[0]
-        return {"function_call": wire.ResponseFunctionCall(name=first.name, arguments=first.arguments)}
-    return {
-        "tool_calls": [
-            wire.ResponseToolCall(id=c.id, function=wire.ResponseFunctionCall(name=c.name, arguments=c.arguments))
-            for c in calls
-        ]
-    }
+    index: int
+    params: ChatParams
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    calls: dict[int, _Call] = field(default_factory=dict)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    _role_sent: bool = False
+    _waiting: list[TokenLogprob] = field(default_factory=list)
 
+    @property
+    def _text_only(self) -> bool:
+        return not self.params.tools or self.params.tool_choice == "none"
 
-def final_message(params: ChatParams, text: str, engine_finish: str) -> tuple[wire.ResponseMessage, str]:
-    if params.output == "tool_json":
-        calls = parse_constrained(text)
-        if calls:
-            message = wire.ResponseMessage(content=None, **_wire_calls(params, calls))  # type: ignore[arg-type]
-            return message, _calls_finish(params, engine_finish)
-    if params.output == "auto_tools":
-        limit = call_limit(params)
-        names = {t.name for t in params.tools}
-        content, calls = parse_auto(text, names, limit=limit, leading=params.legacy_functions)
-        if calls:
-            message = wire.ResponseMessage(content=content, **_wire_calls(params, calls))  # type: ignore[arg-type]
-            return message, _calls_finish(params, engine_finish, complete=len(calls) == limit)
-    return wire.ResponseMessage(content=text), engine_finish
+    def add(self, delta: Delta) -> None:
+        """Take one delta into the message (a plain response's path)."""
+        if delta.content:
+            self.content.append(delta.content)
+        if delta.reasoning:
+            self.reasoning.append(delta.reasoning)
+        for fragment in delta.tool_calls:
+            call = self.calls.setdefault(fragment.index, _Call())
+            call.id = call.id or fragment.id or ""
+            call.name = call.name or fragment.name or ""
+            call.arguments.append(fragment.arguments)
+        if delta.logprobs:
+            self.logprobs += delta.logprobs
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
 
-
-class StreamShaper:
-    """One choice's deltas in a stream, shaped so that the `openai` SDK's accumulation of them equals the
-    plain response, and so that the first delta is what clients merge the others onto, as OpenAI sends it:
-    the role with empty content for plain text (sent at once), else the role together with whatever is
-    known first — the first content, reasoning, or a call's head (index, id, type, name, empty arguments),
-    the arguments following as they are generated."""
-
-    def __init__(self, params: ChatParams) -> None:
-        self.params = params
-        self.calls = 0
-        self._limit = call_limit(params)
-        names = {t.name for t in params.tools}
-        self._auto = None
-        if params.output == "auto_tools":
-            self._auto = AutoCallStream(names, limit=self._limit, leading=params.legacy_functions)
-        self._reader = CallReader() if params.output == "tool_json" else None
-        self._held = ""  # constrained call JSON: what comes before any call's name is known
-        self._role_sent = False
-        # auto mode: whitespace-only content is held until real content comes, and dropped if calls come
-        # instead, as the plain response then has content null.
-        self._blank = ""
-        self._spoke = False
-
+    # --- a stream ------------------------------------------------------------------------------------------
     def opening(self) -> wire.ChunkDelta | None:
-        """The delta to send before any text, or None when the first delta waits for what comes first."""
-        if self.params.output != "text":
+        """The delta to send before anything is generated, or None when the first waits for what comes."""
+        if not self._text_only:
             return None
         self._role_sent = True
         return wire.ChunkDelta(role="assistant", content="")
 
-    def reasoning(self, text: str) -> wire.ChunkDelta:
-        return self._first(wire.ChunkDelta(reasoning_content=text))
+    def chunk(self, delta: Delta) -> tuple[wire.ChunkDelta, wire.ChoiceLogprobs | None] | None:
+        """Take one delta and shape it for a stream: the chunk delta and logprobs to send, or None when
+        there is nothing to send yet. The finishing delta gets its own chunk (see `finish`)."""
+        self.add(delta)
+        if delta.logprobs:
+            self._waiting += delta.logprobs
+        out = wire.ChunkDelta()
+        if delta.reasoning:
+            out.reasoning_content = delta.reasoning
+        if delta.content:
+            out.content = delta.content
+        if delta.tool_calls:
+            self._calls(out, delta)
+        if out == wire.ChunkDelta():
+            if not (self._waiting and self._text_only):
+                return None
+            out.content = ""  # logprobs of text still held back by the engine
+        return self._first(out), self._take()
 
-    def feed(self, text: str) -> list[wire.ChunkDelta]:
-        if self._reader is not None:
-            self._held += text
-            return self._call_events(self._reader.feed(text))
-        if self._auto is not None:
-            return self._events(self._auto.feed(text))
-        return self._with_role([wire.ChunkDelta(content=text)] if text else [])
+    def finish(self) -> wire.ChunkChoice:
+        """The choice's last chunk: its finish_reason, with any logprobs still waiting. A choice that sent
+        nothing carries the role and empty content here, as its plain message has content ""."""
+        delta = wire.ChunkDelta() if self._role_sent else self._first(wire.ChunkDelta(content=""))
+        return wire.ChunkChoice(
+            index=self.index,
+            delta=delta,
+            finish_reason=self.wire_finish,  # type: ignore[arg-type]
+            logprobs=self._take(),
+        )
 
-    def finish(self, engine_finish: str) -> tuple[list[wire.ChunkDelta], str]:
-        if self._reader is not None:
-            if not self.calls:  # no call was made: the text is returned as content, as in final_message
-                return self._with_role([wire.ChunkDelta(content=self._held)]), engine_finish
-            return [], _calls_finish(self.params, engine_finish)
-        if self._auto is not None:
-            deltas = self._events(self._auto.finish())
-            if not self.calls and not deltas and (self._blank or not self._role_sent):
-                # Content that was only blank, or none at all: the plain response has it as it is.
-                deltas = [wire.ChunkDelta(content=self._blank)]
-            if self.calls:
-                finish = _calls_finish(self.params, engine_finish, complete=self.calls == self._limit)
-                return self._with_role(deltas), finish
-            return self._with_role(deltas), engine_finish
-        return self._with_role([]), engine_finish
+    def _calls(self, out: wire.ChunkDelta, delta: Delta) -> None:
+        if self.params.legacy_functions:
+            first = [f for f in delta.tool_calls if f.index == 0]
+            if first:
+                out.function_call = wire.ChunkFunction(
+                    name=first[0].name, arguments="".join(f.arguments for f in first)
+                )
+            return
+        out.tool_calls = [
+            wire.ChunkToolCall(
+                index=f.index,
+                id=f.id,
+                type="function" if f.id is not None else None,
+                function=wire.ChunkFunction(name=f.name, arguments=f.arguments),
+            )
+            for f in delta.tool_calls
+        ]
 
     def _first(self, delta: wire.ChunkDelta) -> wire.ChunkDelta:
         if self._role_sent:
@@ -127,53 +133,35 @@ class StreamShaper:
         self._role_sent = True
         return delta.model_copy(update={"role": "assistant"})
 
-    def _with_role(self, deltas: list[wire.ChunkDelta]) -> list[wire.ChunkDelta]:
-        if not self._role_sent:
-            deltas = [self._first(deltas[0]), *deltas[1:]] if deltas else [self._first(wire.ChunkDelta())]
-        return deltas
+    def _take(self) -> wire.ChoiceLogprobs | None:
+        if not self._waiting:
+            return None
+        taken = wire.ChoiceLogprobs(content=wire_logprobs(self._waiting))
+        self._waiting = []
+        return taken
 
-    def _call_events(self, events: list[tuple[str, str]]) -> list[wire.ChunkDelta]:
-        """Deltas for a constrained call's head and argument text, as `CallReader` reports them."""
-        deltas: list[wire.ChunkDelta] = []
-        legacy = self.params.legacy_functions
-        for kind, text in events:
-            if kind == "call":
-                self.calls += 1
-                if legacy and self.calls > 1:
-                    continue
-                deltas.append(self._head(text, new_call_id()))
-            elif not (legacy and self.calls > 1):
-                deltas.append(self._arguments(text))
-        return self._with_role(deltas) if deltas else []
+    # --- the message ---------------------------------------------------------------------------------------
+    @property
+    def wire_finish(self) -> str:
+        finish = self.finish_reason or "stop"
+        return "function_call" if finish == "tool_calls" and self.params.legacy_functions else finish
 
-    def _head(self, name: str, call_id: str) -> wire.ChunkDelta:
-        if self.params.legacy_functions:
-            return wire.ChunkDelta(function_call=wire.ChunkFunction(name=name, arguments=""))
-        function = wire.ChunkFunction(name=name, arguments="")
-        return wire.ChunkDelta(
-            tool_calls=[wire.ChunkToolCall(index=self.calls - 1, id=call_id, type="function", function=function)]
-        )
+    def message(self) -> wire.ResponseMessage:
+        """The message these deltas add up to, as the `openai` SDK merges a stream's chunks."""
+        calls = [self.calls[i] for i in sorted(self.calls)]
+        content = "".join(self.content) if self.content or not calls else None
+        message = wire.ResponseMessage(content=content, reasoning_content="".join(self.reasoning) or None)
+        if calls and self.params.legacy_functions:
+            first = calls[0]
+            message.function_call = wire.ResponseFunctionCall(name=first.name, arguments="".join(first.arguments))
+        elif calls:
+            message.tool_calls = [
+                wire.ResponseToolCall(
+                    id=c.id, function=wire.ResponseFunctionCall(name=c.name, arguments="".join(c.arguments))
+                )
+                for c in calls
+            ]
+        return message
 
-    def _arguments(self, text: str) -> wire.ChunkDelta:
-        if self.params.legacy_functions:
-            return wire.ChunkDelta(function_call=wire.ChunkFunction(arguments=text))
-        return wire.ChunkDelta(
-            tool_calls=[wire.ChunkToolCall(index=self.calls - 1, function=wire.ChunkFunction(arguments=text))]
-        )
-
-    def _events(self, events: list[str | ToolCall]) -> list[wire.ChunkDelta]:
-        deltas = []
-        for event in events:
-            if isinstance(event, str):
-                if not self._spoke and not event.strip():
-                    self._blank += event
-                elif event:
-                    self._spoke = True
-                    deltas.append(wire.ChunkDelta(content=self._blank + event))
-                    self._blank = ""
-                continue
-            self.calls += 1
-            if self.params.legacy_functions and self.calls > 1:
-                continue
-            deltas += [self._head(event.name, event.id), self._arguments(event.arguments)]
-        return self._with_role(deltas) if deltas else []
+    def wire_logprobs(self) -> wire.ChoiceLogprobs | None:
+        return wire.ChoiceLogprobs(content=wire_logprobs(self.logprobs)) if self.params.logprobs else None

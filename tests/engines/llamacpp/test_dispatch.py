@@ -33,12 +33,11 @@ async def test_one_hop_to_the_event_loop_carries_every_request_of_a_step() -> No
                 sampling=SamplingParams(temperature=0.0),
             )
             generation = await engine.generate(params)
-            tokens, finish = 0, None
+            finish = None
             async for deltas in generation:
                 for delta in deltas:
-                    tokens += delta.tokens
                     finish = delta.finish_reason or finish
-            return tokens, finish
+            return generation.usage.completion_tokens, finish
 
         results = await asyncio.gather(*(one(topic) for topic in ("sea", "moon", "owl")))
     finally:

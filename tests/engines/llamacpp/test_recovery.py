@@ -23,7 +23,7 @@ def _params(max_tokens: int = 8) -> ChatParams:
 
 async def _text(engine: LlamaCppEngine, max_tokens: int = 8) -> str:
     generation = await engine.generate(_params(max_tokens))
-    return "".join([delta.text async for step in generation for delta in step])
+    return "".join([delta.content async for step in generation for delta in step])
 
 
 async def _until(condition: Any, timeout: float = 60.0) -> None:

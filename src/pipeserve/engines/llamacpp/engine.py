@@ -12,11 +12,13 @@ from concurrent.futures import Future
 
 from pydantic import ValidationError
 
-from pipeserve.engines.base import Delta, Engine, EngineStats, Generation
+from pipeserve.engines.base import Capabilities, Engine, EngineStats
 from pipeserve.engines.llamacpp.model import LlamaModel
 from pipeserve.engines.llamacpp.options import LlamaCppOptions
+from pipeserve.engines.llamacpp.output import TextGeneration, reading
 from pipeserve.engines.llamacpp.scheduler import Scheduler
-from pipeserve.engines.llamacpp.slots import Job
+from pipeserve.engines.llamacpp.slots import Job, TextDelta
+from pipeserve.engines.llamacpp.templating import CHATML_TEMPLATE, ChatTemplate
 from pipeserve.errors import (
     ContextLengthExceededError,
     EngineUnavailableError,
@@ -25,12 +27,11 @@ from pipeserve.errors import (
 )
 from pipeserve.params import ChatParams
 from pipeserve.settings import ModelConfig
-from pipeserve.templating import CHATML_TEMPLATE, ChatTemplate
 
 log = logging.getLogger("pipeserve.llamacpp")
 
 # One request's share of a step, for the event loop: generation, deltas, cached tokens, done, failure.
-Outgoing = tuple[Generation, list[Delta], int, bool, PipeserveError | None]
+Outgoing = tuple[TextGeneration, list[TextDelta], int, bool, PipeserveError | None]
 
 _RELOAD_PAUSE = 5.0  # seconds between attempts to reload a model after a crash
 _CLOSE_WAIT = 30.0  # seconds to wait for the engine thread at shutdown
@@ -48,6 +49,7 @@ class LlamaCppEngine(Engine):
             raise ValueError(f"model {config.id!r}: invalid llama.cpp options: {exc}") from exc
         self.model_id = config.id
         self.max_waiting = max_waiting
+        self.capabilities = Capabilities(reasoning=self.options.reasoning)
         self._model: LlamaModel | None = None
         self._scheduler: Scheduler | None = None
         self._template: ChatTemplate | None = None
@@ -160,7 +162,7 @@ class LlamaCppEngine(Engine):
         model = self._require_model()
         return min(model.n_ctx_train or model.n_ctx_seq, model.n_ctx_seq)
 
-    async def generate(self, params: ChatParams) -> Generation:
+    async def generate(self, params: ChatParams) -> TextGeneration:
         scheduler = self._scheduler
         problem = self.problem()
         if scheduler is None or self._template is None or problem is not None:
@@ -168,9 +170,12 @@ class LlamaCppEngine(Engine):
                 f"The model {self.model_id} can't serve right now ({problem or 'it is not running'}). "
                 "Retry in a moment; GET /health shows when it is back."
             )
-        prompt_text = self._template.render(params.messages, params.tools)
+        # Under tool_choice none the model is not told about the tools: it can't call them here anyway.
+        tools = params.tools if params.tool_choice != "none" else ()
+        prompt_text = self._template.render(params.messages, tools)
         if params.sampling.logit_bias:
             self._check_logit_bias(params)
+        output = reading(params)
         job = Job(
             prompt=[],
             n=params.n,
@@ -178,10 +183,12 @@ class LlamaCppEngine(Engine):
             sampling=params.sampling,
             top_logprobs=params.top_logprobs if params.logprobs else None,
             dispatch_to=None,
-            schema=params.constraint,
+            schema=output.schema,
         )
-        generation = Generation(
-            0, lambda choice, keep_cache: scheduler.inbox.put(("cancel", (job, choice, keep_cache)))
+        generation = TextGeneration(
+            params,
+            lambda choice, keep_cache: scheduler.inbox.put(("cancel", (job, choice, keep_cache))),
+            self.options.think_tags if self.options.reasoning else None,
         )
         job.dispatch_to = generation
         accepted: Future[None] = Future()
@@ -200,7 +207,7 @@ class LlamaCppEngine(Engine):
             answer.cancel()
             generation.cancel()
             raise
-        generation.prompt_tokens = len(job.prompt)
+        generation.usage.prompt_tokens = len(job.prompt)
         return generation
 
     def _prepare(self, job: Job, prompt_text: str, params: ChatParams) -> None:
@@ -248,7 +255,8 @@ class LlamaCppEngine(Engine):
         a valid document is no error, as with OpenAI: the output then runs out at the budget, finish_reason
         `length` (see `Guide`)."""
         assert job.schema is not None and self._scheduler is not None
-        job.grammar = self._scheduler.guides.compile_output(job.schema, params)
+        calls = reading(params).mode == "tool_json"
+        job.grammar = self._scheduler.guides.compile_output(job.schema, params, calls=calls)
 
     def _check_logit_bias(self, params: ChatParams) -> None:
         n_vocab = self._require_model().n_vocab
@@ -259,10 +267,10 @@ class LlamaCppEngine(Engine):
                     param="logit_bias",
                 )
 
-    def _dispatch(self, job: Job, deltas: list[Delta], done: bool) -> None:
+    def _dispatch(self, job: Job, deltas: list[TextDelta], done: bool) -> None:
         """On the engine thread: queue a step's deltas for the request's generation (sent by `_flush`)."""
         generation = job.dispatch_to
-        assert isinstance(generation, Generation)
+        assert isinstance(generation, TextGeneration)
         self._outbox.append((generation, deltas, job.cached_tokens, done, job.failed))
 
     def _flush(self) -> None:
@@ -284,7 +292,7 @@ class LlamaCppEngine(Engine):
             if failed is not None:
                 generation.fail(failed)
             else:
-                generation.push(deltas, cached_tokens, done)
+                generation.push_text(deltas, cached_tokens, done)
 
     def stats(self) -> EngineStats:
         if self._scheduler is None:

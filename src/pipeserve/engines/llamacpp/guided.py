@@ -19,10 +19,10 @@ import llguidance.llamacpp
 import numpy as np
 
 from pipeserve.engines.llamacpp.model import LlamaModel
+from pipeserve.engines.llamacpp.toolcalls import called_names, calls_schema
 from pipeserve.errors import InvalidRequestError
 from pipeserve.params import ChatParams
 from pipeserve.structured.closer import JsonCloser
-from pipeserve.structured.tools import called_names, calls_schema
 
 # Canonical separators and no free whitespace: a small model can't ramble in blank space, and the
 # closer writes the same separators.
@@ -47,9 +47,10 @@ class GuideCompiler:
                 self._tokenizer = llguidance.llamacpp.lltokenizer_from_vocab(self.model.vocab)
         return self._tokenizer
 
-    def compile_output(self, schema: dict[str, Any], params: ChatParams) -> str:
-        """The grammar of a request's output; a 400 naming the parameter whose schema can't be enforced."""
-        if params.output != "tool_json":
+    def compile_output(self, schema: dict[str, Any], params: ChatParams, *, calls: bool) -> str:
+        """The grammar of a request's output (`calls`: tool calls, else content); a 400 naming the parameter
+        whose schema can't be enforced."""
+        if not calls:
             return self.compile(schema, param="response_format.json_schema.schema")
         try:
             return self.compile(schema, param="tools")

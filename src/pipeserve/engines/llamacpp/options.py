@@ -75,6 +75,14 @@ class LlamaCppOptions(BaseModel):
         default=None,
         description="Jinja chat template overriding the GGUF's own `tokenizer.chat_template`.",
     )
+    reasoning: bool = Field(
+        default=False,
+        description="The model thinks before answering (DeepSeek-R1 distills, Qwen3, ...): text up to the "
+        "closing think tag goes to `reasoning_content` and counts as reasoning tokens.",
+    )
+    think_tags: tuple[str, str] = Field(
+        default=("<think>", "</think>"), description="Opening and closing tags of a reasoning model's thinking."
+    )
 
     @model_validator(mode="after")
     def _one_size(self) -> LlamaCppOptions:

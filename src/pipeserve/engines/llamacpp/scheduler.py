@@ -18,16 +18,16 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from pipeserve.engines.base import Delta, EngineStats
+from pipeserve.engines.base import EngineStats
 from pipeserve.engines.llamacpp import sampling
 from pipeserve.engines.llamacpp.guided import Guide, GuideCompiler
 from pipeserve.engines.llamacpp.model import LlamaModel
-from pipeserve.engines.llamacpp.slots import Job, Slot, common_prefix
+from pipeserve.engines.llamacpp.slots import Job, Slot, TextDelta, common_prefix
 from pipeserve.errors import EngineError, PipeserveError, RateLimitError
 
 log = logging.getLogger("pipeserve.llamacpp")
 
-Dispatch = Callable[["Job", list[Delta], bool], None]
+Dispatch = Callable[["Job", list[TextDelta], bool], None]
 
 
 def _no_flush() -> None:
@@ -352,7 +352,7 @@ class Scheduler:
             if last:
                 finishing.append(job)
 
-        outputs: dict[int, list[Delta]] = {}
+        outputs: dict[int, list[TextDelta]] = {}
         for slot in decoding:
             assert slot.pending is not None
             slot.tokens.append(slot.pending)
@@ -376,7 +376,7 @@ class Scheduler:
         batch.seq_id[i][0] = seq
         batch.logits[i] = logits
 
-    def _sample(self, slot: Slot, row: int, outputs: dict[int, list[Delta]]) -> None:
+    def _sample(self, slot: Slot, row: int, outputs: dict[int, list[TextDelta]]) -> None:
         job = slot.job
         assert job is not None and slot.decoder is not None
         model = self.model
@@ -408,11 +408,11 @@ class Scheduler:
                 if slot.generated >= job.max_tokens or len(slot.tokens) + 1 >= self.window:
                     text += slot.decoder.decode(b"", final=True)
                     finish = "length"
-        outputs.setdefault(id(job), []).append(Delta(slot.choice, text, tokens, logprobs, finish))
+        outputs.setdefault(id(job), []).append(TextDelta(slot.choice, text, tokens, logprobs, finish))
         if finish is not None:
             slot.release(model, keep_cache=True)
 
-    def _deliver(self, outputs: dict[int, list[Delta]]) -> None:
+    def _deliver(self, outputs: dict[int, list[TextDelta]]) -> None:
         for job in list(self.running):
             deltas = outputs.get(id(job))
             if deltas is None:

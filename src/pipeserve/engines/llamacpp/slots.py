@@ -7,11 +7,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeserve.engines.base import TokenLogprob
 from pipeserve.engines.llamacpp import sampling
 from pipeserve.engines.llamacpp.guided import Guide
 from pipeserve.engines.llamacpp.model import LlamaModel
 from pipeserve.errors import PipeserveError
 from pipeserve.params import SamplingParams
+
+
+@dataclass(slots=True)
+class TextDelta:
+    """What one choice's sequence produced in one step: text as decoded, before any parsing."""
+
+    index: int
+    text: str
+    tokens: int
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None  # "stop" | "length" once the sequence is finished
 
 
 @dataclass(eq=False)

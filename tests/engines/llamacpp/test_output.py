@@ -1,4 +1,5 @@
-"""What a choice's text becomes on the wire, whole (final_message) and streamed (StreamShaper).
+"""What a choice's text becomes: the llama.cpp engine's `ChoiceDecoder` turns it into typed deltas, which the
+pipeline's `ChoiceOutput` adds up to a message (`final_message` below) or shapes into stream chunks (`Shaper`).
 
 The streamed deltas, accumulated by the `openai` SDK, must give the same message as the plain response.
 """
@@ -14,10 +15,13 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
-from pipeserve.params import ChatParams, OutputMode, ToolSpec
+from pipeserve.engines.base import Delta
+from pipeserve.engines.llamacpp.output import ChoiceDecoder, OutputMode
+from pipeserve.engines.llamacpp.slots import TextDelta
+from pipeserve.engines.llamacpp.toolcalls import CALL_CLOSE, CALL_OPEN
+from pipeserve.params import ChatParams, ToolChoice, ToolSpec
 from pipeserve.protocol import chat_completions as wire
-from pipeserve.service.outputs import StreamShaper, final_message
-from pipeserve.structured.tools import CALL_CLOSE, CALL_OPEN
+from pipeserve.service.outputs import ChoiceOutput
 
 WEATHER = ToolSpec(
     name="get_weather",
@@ -36,7 +40,57 @@ ADD_CALL = {"name": "add", "arguments": {"a": 1}}
 
 
 def params(output: OutputMode, *, legacy: bool = False) -> ChatParams:
-    return ChatParams(model="m", messages=(), tools=TOOLS, output=output, legacy_functions=legacy)
+    choice: ToolChoice = {"text": "none", "auto_tools": "auto", "tool_json": "required"}[output]  # type: ignore[assignment]
+    tools = () if output == "text" else TOOLS
+    return ChatParams(model="m", messages=(), tools=tools, tool_choice=choice, legacy_functions=legacy)
+
+
+class Shaper:
+    """One choice's text fed piece by piece through the engine's decoder and the pipeline's stream shaping:
+    the chunk deltas a client is sent."""
+
+    def __init__(self, chat: ChatParams) -> None:
+        self.decoder = ChoiceDecoder(0, chat)
+        self.output = ChoiceOutput(0, chat)
+
+    def opening(self) -> wire.ChunkDelta | None:
+        return self.output.opening()
+
+    def reasoning(self, text: str) -> wire.ChunkDelta:
+        shaped = self.output.chunk(Delta(0, reasoning=text))
+        assert shaped is not None
+        return shaped[0]
+
+    def feed(self, text: str) -> list[wire.ChunkDelta]:
+        if self.decoder.finished:
+            return []
+        return self._shape(self.decoder.feed(TextDelta(0, text, 1)))
+
+    def finish(self, engine_finish: str) -> tuple[list[wire.ChunkDelta], str]:
+        deltas = (
+            [] if self.decoder.finished else self._shape(self.decoder.feed(TextDelta(0, "", 0, None, engine_finish)))
+        )
+        return deltas, self.output.wire_finish
+
+    def _shape(self, typed: list[Delta]) -> list[wire.ChunkDelta]:
+        out = []
+        for delta in typed:
+            shaped = self.output.chunk(delta)
+            if shaped is not None:
+                out.append(shaped[0])
+            if delta.finish_reason is not None:
+                last = self.output.finish().delta
+                if last != wire.ChunkDelta():
+                    out.append(last)
+        return out
+
+
+def final_message(chat: ChatParams, text: str, engine_finish: str) -> tuple[wire.ResponseMessage, str]:
+    """The plain response's message for this text."""
+    decoder, output = ChoiceDecoder(0, chat), ChoiceOutput(0, chat)
+    for delta in decoder.feed(TextDelta(0, text, 1, None, engine_finish)):
+        output.add(delta)
+    return output.message(), output.wire_finish
 
 
 def one_call(chat: ChatParams) -> ChatParams:
@@ -63,7 +117,7 @@ def assert_no_none(value: Any) -> None:
 
 def stream(chat: ChatParams, pieces: list[str], engine_finish: str) -> tuple[list[wire.ChunkDelta], str]:
     """Every delta a stream sends for these pieces (the opening, each feed's, the finish's) and the reason."""
-    shaper = StreamShaper(chat)
+    shaper = Shaper(chat)
     opening = shaper.opening()
     deltas = [] if opening is None else [opening]
     deltas += [delta for piece in pieces for delta in shaper.feed(piece)]
@@ -292,20 +346,20 @@ def test_auto_tools_without_calls_is_plain_content(text: str, engine_finish: str
 
 
 # ---------------------------------------------------------------------------------------------------------
-# StreamShaper
+# Streams
 # ---------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("legacy", [False, True])
 def test_only_plain_text_opens_before_any_text(legacy: bool) -> None:
-    assert dumps([StreamShaper(params("text", legacy=legacy)).opening()]) == [{"role": "assistant", "content": ""}]  # type: ignore[list-item]
-    assert StreamShaper(params("auto_tools", legacy=legacy)).opening() is None
-    assert StreamShaper(params("tool_json", legacy=legacy)).opening() is None
+    assert dumps([Shaper(params("text", legacy=legacy)).opening()]) == [{"role": "assistant", "content": ""}]  # type: ignore[list-item]
+    assert Shaper(params("auto_tools", legacy=legacy)).opening() is None
+    assert Shaper(params("tool_json", legacy=legacy)).opening() is None
 
 
 @pytest.mark.parametrize("engine_finish", ["stop", "length"])
 def test_text_stream_is_content_deltas(engine_finish: str) -> None:
-    shaper = StreamShaper(params("text"))
+    shaper = Shaper(params("text"))
     shaper.opening()
     assert dumps(shaper.feed("Hel")) == [{"content": "Hel"}]
     assert shaper.feed("") == []
@@ -314,7 +368,7 @@ def test_text_stream_is_content_deltas(engine_finish: str) -> None:
 
 
 def test_tool_json_stream_opens_with_the_role_and_the_call_head_then_streams_the_arguments() -> None:
-    shaper = StreamShaper(params("tool_json"))
+    shaper = Shaper(params("tool_json"))
     assert shaper.feed('[{"name": "ad') == []
     head = dumps(shaper.feed('d", "argu'))
     call_id = head[0]["tool_calls"][0]["id"]
@@ -344,7 +398,7 @@ def test_tool_json_stream_opens_with_the_role_and_the_call_head_then_streams_the
 
 
 def test_tool_json_stream_with_legacy_functions_sends_one_function_call() -> None:
-    shaper = StreamShaper(params("tool_json", legacy=True))
+    shaper = Shaper(params("tool_json", legacy=True))
     text = '[{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "get_weather", "arguments": {"city": "Paris"}}]'
     assert dumps(shaper.feed(text)) == [
         {"role": "assistant", "function_call": {"name": "add", "arguments": ""}},
@@ -354,13 +408,13 @@ def test_tool_json_stream_with_legacy_functions_sends_one_function_call() -> Non
 
 
 def test_tool_json_stream_keeps_finish_length() -> None:
-    shaper = StreamShaper(params("tool_json"))
+    shaper = Shaper(params("tool_json"))
     assert len(shaper.feed('{"name": "add", "arguments": {}}')) == 2
     assert shaper.finish("length") == ([], "length")
 
 
 def test_tool_json_stream_cut_before_a_name_ends_with_the_text_as_content() -> None:
-    shaper = StreamShaper(params("tool_json"))
+    shaper = Shaper(params("tool_json"))
     assert shaper.feed('{"name": "get_w') == []
     deltas, reason = shaper.finish("length")
     assert dumps(deltas) == [{"role": "assistant", "content": '{"name": "get_w'}]
@@ -368,7 +422,7 @@ def test_tool_json_stream_cut_before_a_name_ends_with_the_text_as_content() -> N
 
 
 def test_auto_stream_emits_content_then_the_call_once_its_block_closes() -> None:
-    shaper = StreamShaper(params("auto_tools"))
+    shaper = Shaper(params("auto_tools"))
     assert dumps(shaper.feed("Let me check. <tool")) == [{"role": "assistant", "content": "Let me check. "}]
     assert shaper.feed('_call>{"name": "get_weather", ') == []
     assert shaper.feed('"arguments": {"city": "Paris"}}</tool_') == []
@@ -391,7 +445,7 @@ def test_auto_stream_emits_content_then_the_call_once_its_block_closes() -> None
 
 
 def test_auto_stream_finish_flushes_held_text() -> None:
-    shaper = StreamShaper(params("auto_tools"))
+    shaper = Shaper(params("auto_tools"))
     assert dumps(shaper.feed("a <tool")) == [{"role": "assistant", "content": "a "}]
     deltas, reason = shaper.finish("stop")
     assert dumps(deltas) == [{"content": "<tool"}]
@@ -400,20 +454,20 @@ def test_auto_stream_finish_flushes_held_text() -> None:
 
 @pytest.mark.parametrize("engine_finish", ["stop", "length"])
 def test_auto_stream_without_calls_keeps_the_engine_finish(engine_finish: str) -> None:
-    shaper = StreamShaper(params("auto_tools"))
+    shaper = Shaper(params("auto_tools"))
     bad = block("unknown", {"a": 1})
     assert "".join(d.content or "" for d in shaper.feed("Hi " + bad)) == "Hi " + bad
     assert shaper.finish(engine_finish) == ([], engine_finish)
 
 
 def test_auto_stream_with_a_call_and_finish_length_keeps_length() -> None:
-    shaper = StreamShaper(params("auto_tools"))
+    shaper = Shaper(params("auto_tools"))
     shaper.feed(block("add", {"a": 1, "b": 2}))
     assert shaper.finish("length") == ([], "length")
 
 
 def test_auto_stream_opens_with_the_role_and_the_first_call_head() -> None:
-    shaper = StreamShaper(params("auto_tools"))
+    shaper = Shaper(params("auto_tools"))
     assert shaper.feed("\n") == []  # blank content: dropped if a call comes, so the role waits too
     head, body = dumps(shaper.feed(block("add", {"a": 1, "b": 2})))
     assert head["role"] == "assistant" and "content" not in head
@@ -423,20 +477,20 @@ def test_auto_stream_opens_with_the_role_and_the_first_call_head() -> None:
 
 @pytest.mark.parametrize("output", ["auto_tools", "tool_json"])
 def test_a_stream_with_no_text_still_sends_the_role(output: OutputMode) -> None:
-    shaper = StreamShaper(params(output))
+    shaper = Shaper(params(output))
     deltas, reason = shaper.finish("stop")
     assert dumps(deltas) == [{"role": "assistant", "content": ""}]
     assert reason == "stop"
 
 
 def test_reasoning_first_carries_the_role() -> None:
-    shaper = StreamShaper(params("auto_tools"))
+    shaper = Shaper(params("auto_tools"))
     assert dumps([shaper.reasoning("hmm")]) == [{"role": "assistant", "reasoning_content": "hmm"}]
     assert dumps(shaper.feed("Hi")) == [{"content": "Hi"}]
 
 
 def test_auto_stream_with_one_call_allowed_drops_what_follows_it() -> None:
-    shaper = StreamShaper(one_call(params("auto_tools")))
+    shaper = Shaper(one_call(params("auto_tools")))
     deltas = shaper.feed("Ok " + block("add", {"a": 1, "b": 2}) + " more " + block("get_weather", {"city": "Paris"}))
     assert deltas[0].content == "Ok " and len(deltas) == 3
     assert shaper.feed(" and more") == []
@@ -444,7 +498,7 @@ def test_auto_stream_with_one_call_allowed_drops_what_follows_it() -> None:
 
 
 def test_legacy_auto_stream_after_content_streams_blocks_as_content() -> None:
-    shaper = StreamShaper(params("auto_tools", legacy=True))
+    shaper = Shaper(params("auto_tools", legacy=True))
     # No call can follow content: nothing is held back any more.
     assert dumps(shaper.feed("Ok <tool")) == [{"role": "assistant", "content": "Ok "}, {"content": "<tool"}]
     assert dumps(shaper.feed("_call>")) == [{"content": "_call>"}]
@@ -452,7 +506,7 @@ def test_legacy_auto_stream_after_content_streams_blocks_as_content() -> None:
 
 
 def test_auto_stream_with_legacy_functions_sends_only_the_first_call() -> None:
-    shaper = StreamShaper(params("auto_tools", legacy=True))
+    shaper = Shaper(params("auto_tools", legacy=True))
     deltas = shaper.feed(block("get_weather", {"city": "Paris"}) + block("add", {"a": 1, "b": 2}))
     assert dumps(deltas) == [
         {"role": "assistant", "function_call": {"name": "get_weather", "arguments": ""}},

@@ -10,9 +10,9 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from pipeserve.engines.llamacpp.toolcalls import render_call, tools_prompt
 from pipeserve.errors import InvalidRequestError
 from pipeserve.params import ChatMessage, ToolSpec
-from pipeserve.structured.tools import render_call, tools_prompt
 
 # Used when a model ships no template of its own; documented in docs/api.md.
 CHATML_TEMPLATE = (

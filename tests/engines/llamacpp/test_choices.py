@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from pipeserve.engines.base import Delta, TokenLogprob
-from pipeserve.service.choices import ChoiceState, Emitted
-from pipeserve.structured.tools import OneCall
+from pipeserve.engines.base import TokenLogprob
+from pipeserve.engines.llamacpp.slots import TextDelta
+from pipeserve.engines.llamacpp.choices import ChoiceState, Emitted
+from pipeserve.engines.llamacpp.toolcalls import OneCall
 
 
 def lp(token: str) -> TokenLogprob:
     return TokenLogprob(token=token, bytes=token.encode(), logprob=-0.5, top=[])
 
 
-def delta(text: str, tokens: int = 1, *, logprobs: list[str] | None = None, finish: str | None = None) -> Delta:
+def delta(text: str, tokens: int = 1, *, logprobs: list[str] | None = None, finish: str | None = None) -> TextDelta:
     entries = None if logprobs is None else [lp(t) for t in logprobs]
-    return Delta(index=0, text=text, tokens=tokens, logprobs=entries, finish_reason=finish)
+    return TextDelta(index=0, text=text, tokens=tokens, logprobs=entries, finish_reason=finish)
 
 
 def texts(state: ChoiceState, *chunks: str) -> list[str]:

@@ -1,12 +1,13 @@
-"""Per-choice assembly of engine deltas: stop strings, held-back text and the logprobs that go with it."""
+"""Per-choice assembly of the engine's text: stop strings, held-back text and the logprobs that go with it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeserve.engines.base import Delta, TokenLogprob
-from pipeserve.service.reasoning import ThinkSplitter
-from pipeserve.structured.tools import OneCall, first_call_end
+from pipeserve.engines.base import TokenLogprob
+from pipeserve.engines.llamacpp.reasoning import ThinkSplitter
+from pipeserve.engines.llamacpp.slots import TextDelta
+from pipeserve.engines.llamacpp.toolcalls import OneCall, first_call_end
 from pipeserve.textutil import partial_suffix
 
 
@@ -48,7 +49,7 @@ class ChoiceState:
     _seen: str = ""  # the answer so far, when looking for the end of a call
     _scan: int | None = 0  # where in it to look next; None once no call can come
 
-    def feed(self, delta: Delta) -> Emitted | None:
+    def feed(self, delta: TextDelta) -> Emitted | None:
         if self.finish_reason is not None:
             return None  # already finished by a stop string; the engine's in-flight tokens are dropped
         self.tokens += delta.tokens

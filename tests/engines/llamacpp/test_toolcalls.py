@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from pipeserve.params import ToolCall, ToolSpec
-from pipeserve.structured.tools import (
+from pipeserve.engines.llamacpp.toolcalls import (
     CALL_CLOSE,
     CALL_OPEN,
     AutoCallStream,

@@ -9,7 +9,7 @@ import pytest
 
 from pipeserve.service.chat import ChatService
 from pipeserve.service.models import ModelRegistry, ServedModel
-from pipeserve.service.reasoning import ThinkSplitter
+from pipeserve.engines.llamacpp.reasoning import ThinkSplitter
 from pipeserve.settings import ModelConfig
 from tests.service.test_chat import PARAMS, FakeEngine, collect, d, payloads
 
@@ -39,7 +39,8 @@ def test_the_opening_tag_may_be_in_the_prompt_and_unclosed_thinking_is_all_reaso
 
 
 def reasoning_service(engine: FakeEngine) -> ChatService:
-    config = ModelConfig(id="fake", reasoning=True)
+    engine.think = ("<think>", "</think>")
+    config = ModelConfig(id="fake")
     return ChatService(ModelRegistry([ServedModel(config=config, engine=engine)]))
 
 
