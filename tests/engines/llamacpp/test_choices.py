@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pipeserve.engines.base import TokenLogprob
-from pipeserve.engines.llamacpp.slots import TextDelta
 from pipeserve.engines.llamacpp.choices import ChoiceState, Emitted
+from pipeserve.engines.llamacpp.slots import TextDelta
 from pipeserve.engines.llamacpp.toolcalls import OneCall
 
 

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
+from pipeserve.engines.llamacpp.reasoning import ThinkSplitter
 from pipeserve.service.chat import ChatService
 from pipeserve.service.models import ModelRegistry, ServedModel
-from pipeserve.engines.llamacpp.reasoning import ThinkSplitter
 from pipeserve.settings import ModelConfig
 from tests.service.test_chat import PARAMS, FakeEngine, collect, d, payloads
 

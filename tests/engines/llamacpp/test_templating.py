@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from pipeserve.engines.llamacpp.templating import CHATML_TEMPLATE, ChatTemplate
+from pipeserve.engines.llamacpp.toolcalls import tools_prompt
 from pipeserve.errors import InvalidRequestError, PipeserveError
 from pipeserve.params import ChatMessage, ToolCall, ToolSpec
-from pipeserve.engines.llamacpp.toolcalls import tools_prompt
-from pipeserve.engines.llamacpp.templating import CHATML_TEMPLATE, ChatTemplate
 
 SMOLLM2 = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"

@@ -9,7 +9,6 @@ from typing import Any
 import jsonschema
 import pytest
 
-from pipeserve.params import ToolCall, ToolSpec
 from pipeserve.engines.llamacpp.toolcalls import (
     CALL_CLOSE,
     CALL_OPEN,
@@ -24,6 +23,7 @@ from pipeserve.engines.llamacpp.toolcalls import (
     render_call,
     tools_prompt,
 )
+from pipeserve.params import ToolCall, ToolSpec
 
 WEATHER = ToolSpec(
     name="get_weather",
