@@ -17,6 +17,7 @@ from pipeserve.server.body import read_json
 from pipeserve.service.chat import EventStream
 from pipeserve.service.completions import CLIENT_GONE, ChatCompletions
 from pipeserve.service.metrics import Metrics
+from pipeserve.service.rate_limits import response_headers
 
 router = APIRouter()
 
@@ -32,8 +33,8 @@ class _ClientGone(Exception):
 class _EventStreamResponse(StreamingResponse):
     """Server-sent events whose stream is closed (its sequences freed) however the response ends."""
 
-    def __init__(self, stream: EventStream) -> None:
-        super().__init__(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    def __init__(self, stream: EventStream, headers: dict[str, str]) -> None:
+        super().__init__(stream, media_type="text/event-stream", headers=SSE_HEADERS | headers)
         self.stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -54,14 +55,15 @@ async def chat_completions(request: Request, principal: Authenticated) -> Respon
     service: ChatCompletions = request.app.state.completions
     # A stream's generation starts before the first byte, so that a bad request is a plain 4xx rather than an
     # error event; a plain answer is abandoned (its sequences freed) if the client leaves.
-    work = service.handle(body, request.headers, principal.project, principal.key_id)
-    try:
-        answer = await (work if body.get("stream") is True else _unless_disconnected(request, work))
-    except _ClientGone:
-        return Response(status_code=CLIENT_GONE)
+    with response_headers() as limits:  # x-ratelimit-*, filled in when the request is admitted
+        work = service.handle(body, request.headers, principal.project, principal.key_id)
+        try:
+            answer = await (work if body.get("stream") is True else _unless_disconnected(request, work))
+        except _ClientGone:
+            return Response(status_code=CLIENT_GONE)
     if isinstance(answer, str):
-        return Response(answer, media_type="application/json")
-    return _EventStreamResponse(answer)
+        return Response(answer, media_type="application/json", headers=limits)
+    return _EventStreamResponse(answer, limits)
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
