@@ -133,3 +133,24 @@ def test_missing_config_file(tmp_path: Path) -> None:
 )
 def test_host_is_loopback(host: str, loopback: bool) -> None:
     assert Settings.load(host=host).host_is_loopback is loopback
+
+
+def test_provider_presets_are_served_when_their_keys_are_set_and_tables_override_them() -> None:
+    settings = Settings(providers=[{"prefix": "anthropic", "base_url": "http://127.0.0.1:9"}, {"prefix": "vllm"}])
+    routed = {p.prefix: p for p in settings.routed_providers({"GEMINI_API_KEY": "k"})}
+    assert set(routed) == {"gemini", "anthropic", "vllm"}  # openai: no OPENAI_API_KEY, no table
+    assert routed["anthropic"].engine == "anthropic"
+    assert routed["anthropic"].engine_options["base_url"] == "http://127.0.0.1:9"
+    assert routed["anthropic"].engine_options["api_key_env"] == "ANTHROPIC_API_KEY"
+    assert routed["gemini"].engine == "openai" and "googleapis" in routed["gemini"].engine_options["base_url"]
+    assert routed["vllm"].engine == "openai" and "base_url" not in routed["vllm"].engine_options
+
+
+@pytest.mark.parametrize(
+    ("fallbacks", "message"),
+    [(["nowhere"], "neither a served model"), (["m"], "itself"), (["openai:gpt-4o", "nope:x"], "nope:x")],
+)
+def test_fallbacks_must_name_served_models_or_provider_routes(fallbacks: list[str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(models=[{"id": "m", "fallbacks": fallbacks}])
+    Settings(models=[{"id": "m", "fallbacks": ["openai:gpt-4o"]}, {"id": "n", "fallbacks": ["m"]}])

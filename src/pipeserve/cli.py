@@ -42,7 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     except UnsafeBindError as exc:
         print(f"pipeserve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings)
+    app = create_app(settings, reload=lambda: load_settings(args, _FLAG_FIELDS))
     uvicorn.run(
         app,
         host=settings.host,

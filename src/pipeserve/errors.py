@@ -17,10 +17,15 @@ on an instance), so the class says what a client sees:
     │   └── CriterionExistsError
     ├── RequestTooLargeError            413
     ├── RateLimitError                  429 rate_limit_error, with Retry-After
+    │   └── RateLimitReachedError           a `[[rate_limits]]` limit; type `requests` or `tokens`, as OpenAI's
+    │       └── ModelRateLimitError             a limit of one model: another model (a fallback) may have room
     ├── EngineError                     500 the engine failed while generating
     ├── JudgeFailedError                500 the judge gave no verdict
+    ├── UpstreamError                   502 upstream_error: an upstream engine failed or can't be reached
+    │   └── UpstreamAuthenticationError     the upstream refused pipeserve's own credentials
     ├── EngineUnavailableError          503 a model can't serve now (restarting, stalled)
-    └── StoreUnavailableError           503 the database can't be reached now
+    ├── StoreUnavailableError           503 the database can't be reached now
+    └── UpstreamTimeoutError            504 upstream_timeout: an upstream engine took too long
 
     StartupError                        not a client's error: the server refuses to start
     └── UnsafeBindError
@@ -28,7 +33,9 @@ on an instance), so the class says what a client sees:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 
 class PipeserveError(Exception):
@@ -131,6 +138,19 @@ class JudgeFailedError(PipeserveError):
     default_code = "judge_failed"
 
 
+class UpstreamError(PipeserveError):
+    """An upstream engine (an OpenAI-compatible server, Anthropic) answered 5xx, refused the connection,
+    dropped it, or sent what can't be read."""
+
+    status_code = 502
+    default_code = "upstream_error"
+
+
+class UpstreamTimeoutError(PipeserveError):
+    status_code = 504
+    default_code = "upstream_timeout"
+
+
 class EngineUnavailableError(PipeserveError):
     status_code = 503
     default_code = "engine_unavailable"
@@ -164,3 +184,35 @@ class StartupError(Exception):
 
 class UnsafeBindError(StartupError):
     pass
+
+
+class UpstreamAuthenticationError(UpstreamError):
+    """The upstream answered 401/403: pipeserve's key for it (the model's `api_key_env`) is wrong, which the
+    client can't fix, so it is a 502 and not a 401."""
+
+    default_code = "upstream_authentication_failed"
+
+
+class RateLimitReachedError(RateLimitError):
+    """A `[[rate_limits]]` limit (service/rate_limits.py) refused the request. As OpenAI's, its `type` is the
+    kind of limit reached, `requests` or `tokens`, and it carries `retry-after-ms` and the `x-ratelimit-*`
+    headers besides `Retry-After`."""
+
+    def __init__(
+        self, message: str, *, kind: Literal["requests", "tokens"], retry_after_ms: int, headers: Mapping[str, str]
+    ) -> None:
+        super().__init__(message, retry_after=max(1, math.ceil(retry_after_ms / 1000)))
+        self.kind = kind
+        self.headers["retry-after-ms"] = str(retry_after_ms)
+        self.headers.update(headers)
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body["error"]["type"] = self.kind
+        return body
+
+
+class ModelRateLimitError(RateLimitReachedError):
+    """A limit of one model (a `[[rate_limits]]` table with a `model`): another model may have room, so a
+    request with fallbacks tries them before answering 429. A limit of all models together is a plain
+    `RateLimitReachedError`."""

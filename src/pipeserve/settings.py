@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,20 +30,51 @@ class ModelConfig(BaseModel):
     )
     engine: str = Field(
         default="llamacpp",
-        description="Engine that runs the model: the name of a module under `pipeserve.engines`.",
+        description="Engine that runs the model: the name of a module under `pipeserve.engines` (`llamacpp`, "
+        "`openai` for any OpenAI-compatible server, `anthropic`).",
     )
-    reasoning: bool = Field(
-        default=False,
-        description="The model thinks before answering (DeepSeek-R1 distills, Qwen3, ...): text up to the "
-        "closing think tag goes to `reasoning_content` and counts as reasoning tokens.",
-    )
-    think_tags: tuple[str, str] = Field(
-        default=("<think>", "</think>"), description="Opening and closing tags of a reasoning model's thinking."
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Models tried in order when this one fails before its answer starts (a 429 of a rate "
+        "limit or of the upstream, 5xx, an upstream that can't be reached or times out): served ids, aliases "
+        "or `prefix:<model>` ids of `[[providers]]`.",
     )
 
     @property
     def engine_options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+class ProviderConfig(BaseModel):
+    """One `[[providers]]` table: a prefix whose `prefix:<model>` ids route to one upstream. Keys other than
+    those below are options of its engine, as in `[[models]]`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prefix: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="The prefix: `openai` routes `openai:gpt-4o` to this upstream, asking it for `gpt-4o`. "
+        "`openai`, `anthropic` and `gemini` have presets (see docs/configuration.md).",
+    )
+    engine: str = Field(default="openai", description="Engine that speaks to the upstream (`openai`, `anthropic`).")
+
+    @property
+    def engine_options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+# The providers the `openpipe` SDK sends ids for. Each is served when its key's variable is set, or when a
+# `[[providers]]` table names its prefix (its keys then override these).
+PROVIDER_PRESETS: dict[str, dict[str, Any]] = {
+    "openai": {"engine": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"},
+    "anthropic": {"engine": "anthropic", "base_url": "https://api.anthropic.com", "api_key_env": "ANTHROPIC_API_KEY"},
+    # Google's OpenAI-compatible endpoint for Gemini.
+    "gemini": {
+        "engine": "openai",
+        "base_url": "https://generativelanguage.googleapis.com/v1beta/openai",
+        "api_key_env": "GEMINI_API_KEY",
+    },
+}
 
 
 class Price(BaseModel):
@@ -78,6 +110,41 @@ class CriterionConfig(BaseModel):
         from pipeserve.protocol.criteria import JudgeSettings
 
         return JudgeSettings.model_validate(value).model_dump()
+
+
+class RateLimitRule(BaseModel):
+    """One `[[rate_limits]]` table: limits on the chat completions of some keys on some models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str | None = Field(
+        default=None,
+        description="Whose requests: a key's id (`key_…`) or name (keys sharing a name share the limits); `*`: "
+        "each key separately (requests without a key, on a server without keys, count as one); omitted: all "
+        "requests together.",
+    )
+    model: str | None = Field(
+        default=None,
+        description="Which model: a served model's id or alias; `*`: each model separately; omitted: all models "
+        "together.",
+    )
+    requests_per_minute: int | None = Field(default=None, ge=1, description="Requests per minute (RPM).")
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens (prompt and completion) per minute (TPM): a request is admitted on an estimate "
+        "(prompt characters / 4, plus `max_tokens` times `n`, or 256 times `n` when unset), then counted at its "
+        "real usage.",
+    )
+    concurrent_requests: int | None = Field(default=None, ge=1, description="Requests in flight at once.")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> RateLimitRule:
+        if self.requests_per_minute is None and self.tokens_per_minute is None and self.concurrent_requests is None:
+            raise ValueError(
+                "a [[rate_limits]] table needs requests_per_minute, tokens_per_minute or concurrent_requests"
+            )
+        return self
 
 
 def _embedded_models() -> list[ModelConfig]:
@@ -148,6 +215,13 @@ class Settings(BaseSettings):
         '`[prices."gpt-4o"] prompt = 2.5, completion = 10` in dollars per million tokens; logs record the '
         "cost. A served model's price covers its aliases; a model without a price has an unknown (null) cost.",
     )
+    providers: list[ProviderConfig] = Field(
+        default_factory=list,
+        description="Upstreams that serve any model by name, as a TOML array of tables `[[providers]]` with "
+        "`prefix`, `engine` and the engine's options: `prefix:<model>` ids route there with `<model>` passed "
+        "on. The presets `openai`, `anthropic` and `gemini` are served when `OPENAI_API_KEY`, "
+        "`ANTHROPIC_API_KEY` or `GEMINI_API_KEY` is set; a table with their prefix overrides their keys.",
+    )
     models: list[ModelConfig] = Field(
         default_factory=_embedded_models,
         description="Served models, as a TOML array of tables `[[models]]` (or JSON in `PIPESERVE_MODELS`). "
@@ -211,6 +285,51 @@ class Settings(BaseSettings):
         "failing to restart) makes the server exit with status 70, so that a supervisor starts it afresh. "
         "0 never exits.",
     )
+    # --- rate limits (service/rate_limits.py) ---
+    rate_limits: list[RateLimitRule] = Field(
+        default_factory=list,
+        description="Rate limits of chat completions, as a TOML array of tables `[[rate_limits]]` with `key` (a "
+        "key id or name, `*` for each key, omitted for all), `model` (a served model, `*` for each, omitted for "
+        "all) and any of `requests_per_minute`, `tokens_per_minute`, `concurrent_requests`. Every table that "
+        "matches a request applies; one reached is a 429 with `Retry-After` (see docs/api.md, *Rate limits*).",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis that holds the rate limit counters, shared by every replica (`redis://host:6379/0`, "
+        "`rediss://` for TLS). Unset: each process counts in its own memory. While Redis can't be reached, "
+        "requests are admitted unchecked (see docs/deployment.md).",
+    )
+    redis_key_prefix: str = Field(
+        default="pipeserve:", description="Prefix of every key pipeserve writes in Redis, to share one Redis."
+    )
+    redis_timeout_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="How long a Redis call may take; beyond it Redis counts as unreachable and requests are "
+        "admitted unchecked, retrying Redis every 2 seconds.",
+    )
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _served_limits(cls, rules: list[RateLimitRule], info: ValidationInfo) -> list[RateLimitRule]:
+        ids = {name: model.id for model in info.data.get("models", []) for name in (model.id, *model.aliases)}
+        prefixes = {provider.prefix for provider in info.data.get("providers", [])} | set(PROVIDER_PRESETS)
+        scopes: set[tuple[str | None, str | None]] = set()
+        for rule in rules:
+            model = rule.model
+            if model not in (None, "*") and ids and model not in ids and model.partition(":")[0] not in prefixes:
+                raise ValueError(
+                    f"[[rate_limits]] names model {model!r}, which is neither a served model nor a "
+                    "`prefix:<model>` id of [[providers]]; use the id or an alias of one of [[models]], or `*`"
+                )
+            scope = (rule.key, ids.get(rule.model, rule.model) if rule.model else None)  # an alias is its model
+            if scope in scopes:
+                raise ValueError(
+                    f"two [[rate_limits]] tables have key {rule.key!r} and model {rule.model!r}; merge them into one"
+                )
+            scopes.add(scope)
+        return rules
+
     log_level: str = Field(default="info", description="Log level of the server (debug, info, warning, error).")
 
     @field_validator("models")
@@ -245,6 +364,42 @@ class Settings(BaseSettings):
                     "model; use the id or an alias of one of [[models]]"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _known_fallbacks(self) -> Settings:
+        served = {name for model in self.models for name in (model.id, *model.aliases)}
+        prefixes = {provider.prefix for provider in self.providers} | set(PROVIDER_PRESETS)
+        for model in self.models:
+            for fallback in model.fallbacks:
+                if fallback in (model.id, *model.aliases):
+                    raise ValueError(f"model {model.id!r} lists itself among its fallbacks; remove it")
+                if fallback not in served and fallback.partition(":")[0] not in prefixes:
+                    raise ValueError(
+                        f"model {model.id!r} falls back to {fallback!r}, which is neither a served model nor a "
+                        "`prefix:<model>` id of [[providers]]; use the id or an alias of one of [[models]]"
+                    )
+        names = [provider.prefix for provider in self.providers]
+        for prefix in names:
+            if names.count(prefix) > 1:
+                raise ValueError(f"provider prefix {prefix!r} is defined twice; give every provider a unique prefix")
+        return self
+
+    def routed_providers(self, environ: Mapping[str, str]) -> list[ProviderConfig]:
+        """The providers to serve: every `[[providers]]` table over its preset, if any, and the presets whose
+        key's variable is set in `environ`."""
+        configured = {provider.prefix: provider for provider in self.providers}
+        routed = []
+        for prefix, preset in PROVIDER_PRESETS.items():
+            if prefix not in configured and environ.get(preset["api_key_env"]):
+                routed.append(ProviderConfig(prefix=prefix, **preset))
+        for provider in self.providers:
+            preset = PROVIDER_PRESETS.get(provider.prefix, {})
+            engine = provider.engine if "engine" in provider.model_fields_set else preset.get("engine", provider.engine)
+            if preset and engine != preset["engine"]:
+                preset = {}  # another engine: the preset's options would not fit it
+            merged = {**preset, **provider.engine_options, "engine": engine}
+            routed.append(ProviderConfig(prefix=provider.prefix, **merged))
+        return routed
 
     @property
     def default_judge_model(self) -> str:

@@ -1,12 +1,14 @@
 """Streams merged by the `openpipe` SDK (5.0.0): its OpenAI wrapper merges every chunk onto the first to report
 the completion, so the first chunk must carry what later ones add to (a legacy function call's name, a tool
-call's head), as OpenAI's streams do."""
+call's head), as OpenAI's streams do. The same holds through pipeserve in front of another pipeserve (an
+upstream engine), whose chunks pass through."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,9 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.conftest import MODEL, Server
+from tests.conftest import MODEL, Server, start_server, stop_server
 from tests.sdk.test_openpipe_sdk import sdk_python
+from tests.server.test_upstreams import REMOTE, upstream_config
 
 ADD_PARAMETERS = {
     "type": "object",
@@ -25,8 +28,22 @@ ADD_PARAMETERS = {
 }
 
 
+@pytest.fixture(scope="module", params=["embedded", "upstream"])
+def target(
+    request: pytest.FixtureRequest, server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, str]]:
+    """The embedded model's server, or a pipeserve whose model is that server's, as an upstream engine."""
+    if request.param == "embedded":
+        yield server, MODEL
+        return
+    front = start_server(tmp_path_factory.mktemp("sdk-front"), config=upstream_config(server))
+    yield front, REMOTE
+    stop_server(front)
+
+
 @pytest.fixture(scope="module")
-def streamed(server: Server) -> dict[str, Any]:
+def streamed(target: tuple[Server, str]) -> dict[str, Any]:
+    server, model = target
     run = uuid.uuid4().hex
     result = subprocess.run(
         [
@@ -34,7 +51,7 @@ def streamed(server: Server) -> dict[str, Any]:
             str(Path(__file__).with_name("openpipe_stream_flow.py")),
             f"{server.url}/api/v1",
             run,
-            MODEL,
+            model,
         ],
         capture_output=True,
         text=True,
@@ -81,7 +98,8 @@ def test_tool_calls_merge_onto_the_first_chunk(streamed: dict[str, Any]) -> None
         json.loads(call["function"]["arguments"])
 
 
-def test_the_reported_completions_are_the_merged_ones(server: Server, streamed: dict[str, Any]) -> None:
+def test_the_reported_completions_are_the_merged_ones(target: tuple[Server, str], streamed: dict[str, Any]) -> None:
+    server, _ = target
     response = httpx.get(f"{server.v1}/logs", params={"metadata.run": streamed["run"], "limit": "100"}, timeout=30)
     assert response.status_code == 200, response.text
     reported = {

@@ -138,6 +138,17 @@ def test_assistant_text_parts_and_refusals() -> None:
         ("tool_choice", "auto"),
         ("function_call", "none"),
         ("parallel_tool_calls", False),
+    ],
+)
+def test_orphan_fields_are_refused_by_name(field: str, value: Any) -> None:
+    error = rejected(**{field: value})
+    assert error.param == field
+    assert field in error.message
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
         ("audio", {"format": "wav", "voice": "alloy"}),
         ("prediction", {"type": "content", "content": "x"}),
         ("web_search_options", {}),
@@ -148,10 +159,9 @@ def test_assistant_text_parts_and_refusals() -> None:
         ("service_tier", "priority"),
     ],
 )
-def test_unsupported_or_orphan_fields_are_refused_by_name(field: str, value: Any) -> None:
-    error = rejected(**{field: value})
-    assert error.param == field
-    assert field in error.message
+def test_fields_pipeserve_does_not_interpret_are_kept_for_engines_that_pass_them_on(field: str, value: Any) -> None:
+    """An engine without the `passthrough` capability answers 400 naming them (tests/service/test_chat.py)."""
+    assert params(**{field: value}).passthrough == {field: value}
 
 
 @pytest.mark.parametrize(
@@ -165,7 +175,7 @@ def test_unsupported_or_orphan_fields_are_refused_by_name(field: str, value: Any
     ],
 )
 def test_supported_values_of_those_fields_pass(fields: dict[str, Any]) -> None:
-    assert params(**fields).model == "m"
+    assert params(**fields).passthrough == {}
 
 
 def test_top_logprobs_needs_logprobs() -> None:

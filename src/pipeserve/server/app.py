@@ -6,13 +6,12 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from pipeserve import __version__
-from pipeserve.engines import create_engine
 from pipeserve.errors import UnsafeBindError
 from pipeserve.keys import KeyStore
 from pipeserve.server.errors import install_error_handlers
@@ -26,7 +25,9 @@ from pipeserve.service.judge import Judge
 from pipeserve.service.limits import Limits
 from pipeserve.service.metrics import Metrics
 from pipeserve.service.models import ModelRegistry, ServedModel
+from pipeserve.service.rate_limits import RateLimiter
 from pipeserve.service.recording import Recorder
+from pipeserve.service.serving import Hangup, start_engines
 from pipeserve.service.watchdog import EXIT_STATUS, watch_engines
 from pipeserve.settings import Settings
 from pipeserve.store.db import Database, open_database
@@ -45,6 +46,11 @@ def check_bind(settings: Settings, keys: KeyStore) -> None:
         )
 
 
+def _key_name(keys: KeyStore, key_id: str) -> str | None:
+    """A key's name, which `[[rate_limits]]` tables may use instead of its id."""
+    return next((key.name for key in keys.all() if key.id == key_id and key.name), None)
+
+
 def _exit(app: FastAPI) -> None:
     """Shut down as on SIGTERM (requests in flight finish, logs are written), then exit with `EXIT_STATUS`
     (`pipeserve serve` reads it from the app's state)."""
@@ -52,15 +58,21 @@ def _exit(app: FastAPI) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, reload: Callable[[], Settings] | None = None) -> FastAPI:
+    """`reload`: reads the settings again, for a reload on SIGHUP (`[[models]]` and `[[providers]]`)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keys = KeyStore(settings.keys_file)
         check_bind(settings, keys)
         served: list[ServedModel] = []
+        providers: list[ServedModel] = []
+        registry: ModelRegistry | None = None
+        hangup: Hangup | None = None
         db: Database | None = None
         writer: LogWriter | None = None
         watchdog: asyncio.Task[None] | None = None
+        rate_limits: RateLimiter | None = None
         try:
             db = await open_database(settings.store_url, timeout=settings.store_timeout_seconds)
             writer = LogWriter(
@@ -71,17 +83,17 @@ def create_app(settings: Settings) -> FastAPI:
                 timeout=settings.store_timeout_seconds,
             )
             writer.start()
-            for config in settings.models:
-                engine = create_engine(config, max_waiting=settings.max_queued_requests)
-                await engine.start()
-                served.append(ServedModel(config=config, engine=engine))
-            registry = ModelRegistry(served)
+            served, providers = await start_engines(settings, os.environ)
+            registry = ModelRegistry(served, providers)
             app.state.settings = settings
             app.state.limits = Limits.from_settings(settings)
             app.state.keys = keys
             app.state.models = registry
             app.state.metrics = Metrics(registry)
             app.state.metrics.watch_log_writer(writer)
+            rate_limits = RateLimiter.from_settings(settings, lambda key_id: _key_name(keys, key_id))
+            rate_limits.start()
+            app.state.metrics.registry.register(rate_limits.collector())
             app.state.chat = ChatService(registry, app.state.metrics)
             app.state.db = db
             app.state.log_writer = writer
@@ -99,17 +111,28 @@ def create_app(settings: Settings) -> FastAPI:
                 grader=Grader(app.state.criteria, app.state.judge),
                 log_by_default=settings.log_requests,
                 limits=app.state.limits,
+                rate_limits=rate_limits,
             )
             if settings.engine_exit_after_seconds > 0:
                 watchdog = asyncio.create_task(
                     watch_engines(registry, settings.engine_exit_after_seconds, lambda: _exit(app)), name="watchdog"
                 )
+            if reload is not None:
+                hangup = Hangup(registry, reload)
+                hangup.install()
             yield
         finally:
             if watchdog is not None:
                 watchdog.cancel()
-            for model in served:
-                await model.engine.close()
+            if rate_limits is not None:
+                await rate_limits.close()
+            if hangup is not None:
+                hangup.stop()
+            engines = [*(m.engine for m in served), *(p.engine for p in providers)]
+            if registry is not None:
+                engines += [engine for _, engine in registry.engines()]  # those a reload started
+            for engine in {id(engine): engine for engine in engines}.values():
+                await engine.close()
             if writer is not None:
                 await writer.close()
             if db is not None:

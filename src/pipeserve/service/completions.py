@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
-from pipeserve.errors import PipeserveError, StoreUnavailableError
+from pipeserve.errors import ModelNotFoundError, ModelRateLimitError, PipeserveError, StoreUnavailableError
 from pipeserve.params import ChatParams
 from pipeserve.protocol import chat_completions as wire
 from pipeserve.service.cache import OFF, CacheMode, ResponseCache, cache_key, cache_mode, replay
@@ -25,6 +25,7 @@ from pipeserve.service.edge import to_params
 from pipeserve.service.grading import Grader, judgement_rows, requested_criteria
 from pipeserve.service.limits import Limits
 from pipeserve.service.models import ServedModel
+from pipeserve.service.rate_limits import RateLimiter, Ticket
 from pipeserve.service.recording import Call, Recorder, header_flag, log_decision, parse_tags
 from pipeserve.validation import validate
 
@@ -55,6 +56,7 @@ class ChatCompletions:
         grader: Grader,
         log_by_default: bool,
         limits: Limits | None = None,
+        rate_limits: RateLimiter | None = None,
     ) -> None:
         self.chat = chat
         self.recorder = recorder
@@ -62,6 +64,7 @@ class ChatCompletions:
         self.grader = grader
         self.log_by_default = log_by_default
         self.limits = limits or Limits()
+        self.rate_limits = rate_limits or RateLimiter.off()
 
     async def handle(
         self, body: dict[str, Any], headers: Mapping[str, str], project: str, key_id: str | None
@@ -124,10 +127,15 @@ class ChatCompletions:
             if hit is not None:
                 return await self._from_cache(request, wire.ChatCompletion.model_validate(hit))
         params = request.params
+        # Rate limits: admitted on the model that generates, just before it starts; tokens settled at the real
+        # usage, concurrency slots held until the answer or stream ends. A model's own limit sends the request
+        # to its fallbacks, in order, before it is a 429.
+        ticket, params, served = await self._admit(request)
         if params.stream:
             grade = self._stream_grade(request) if request.criteria else None
-            return await self.chat.stream(params, request.call, self._on_stream_end(request), grade, request.served)
-        completion = await self.chat.complete(params, request.call, request.served)
+            on_end = ticket.settling(self._on_stream_end(request))
+            return await ticket.streaming(self.chat.stream(params, request.call, on_end, grade, served))
+        completion = await ticket.completing(self.chat.complete(params, request.call, served))
         raw = completion.model_dump_json()
         await self._cache_put(request, raw)
         if request.criteria:
@@ -135,6 +143,25 @@ class ChatCompletions:
             raw = completion.model_dump_json()
         await self._record(request, completion, raw, streamed=False)
         return raw
+
+    async def _admit(self, request: _Request) -> tuple[Ticket, ChatParams, ServedModel]:
+        """The rate-limit ticket of the first model, of the one asked for and its fallbacks, whose own limits
+        have room; the 429 of the one asked for when none has."""
+        params, served = request.params, request.served
+        refused: ModelRateLimitError | None = None
+        for name in [None, *(served.config.fallbacks if served.upstream_name is None else [])]:
+            try:
+                if name is not None:
+                    served, params = self.chat.models.resolve(name), replace(request.params, model=name)
+                return await self.rate_limits.admit(request.call.key_id, served.config.id, params), params, served
+            except ModelRateLimitError as error:
+                refused = refused or error
+            except ModelNotFoundError:
+                if name is None:
+                    raise
+                log.warning("fallback %s of %s is not served; skipped", name, request.params.model)
+        assert refused is not None
+        raise refused
 
     async def _grade(
         self, request: _Request, completion: wire.ChatCompletion, *, best_first: bool

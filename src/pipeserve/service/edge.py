@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pipeserve.errors import InvalidRequestError, UnsupportedParameterError
+from pipeserve.errors import InvalidRequestError
 from pipeserve.params import (
     DEFAULTS,
     ChatMessage,
@@ -27,8 +27,16 @@ from pipeserve.protocol.chat_completions import (
 )
 from pipeserve.structured.schema import check_schema
 
-# Fields whose support is scheduled but not built yet: named in a 400 rather than ignored.
-_NOT_YET = ("audio", "prediction", "web_search_options")
+# Fields pipeserve does not act on itself; only upstream engines that pass them on can honour them.
+_PASSTHROUGH = (
+    "audio",
+    "modalities",
+    "prediction",
+    "reasoning_effort",
+    "service_tier",
+    "verbosity",
+    "web_search_options",
+)
 _FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _METADATA_LIMITS = (16, 64, 512)  # pairs, key length, value length: OpenAI's limits
 _DESCRIPTION_CHARS = 1024  # OpenAI's limit on a function's description
@@ -39,7 +47,6 @@ def _pick(value: Any, name: str) -> Any:
 
 
 def to_params(request: ChatCompletionRequest) -> ChatParams:
-    _reject_unsupported(request)
     stream = bool(_pick(request.stream, "stream"))
     if request.stream_options is not None and not stream:
         raise InvalidRequestError(
@@ -88,6 +95,7 @@ def to_params(request: ChatCompletionRequest) -> ChatParams:
         tool_choice=tooling.choice,
         tool_name=tooling.name,
         response_format=response_format,
+        passthrough=_passthrough(request),
     )
 
 
@@ -174,31 +182,15 @@ def _response_format(request: ChatCompletionRequest) -> ResponseFormat | None:
     return ResponseFormat("json_schema", schema, spec.name, spec.description, spec.strict)
 
 
-def _reject_unsupported(request: ChatCompletionRequest) -> None:
-    for name in _NOT_YET:
-        if getattr(request, name) is not None:
-            raise UnsupportedParameterError(
-                f"'{name}' is not supported by this pipeserve version yet. Remove it from the request.",
-                param=name,
-            )
-    if request.modalities is not None and "audio" in request.modalities:
-        raise UnsupportedParameterError(
-            "This model produces text only. Use modalities ['text'] or remove the field.", param="modalities"
-        )
-    if request.reasoning_effort is not None:
-        raise UnsupportedParameterError(
-            "reasoning_effort applies to reasoning models only; this model does not reason. Remove the field.",
-            param="reasoning_effort",
-        )
-    if request.verbosity is not None:
-        raise UnsupportedParameterError(
-            "verbosity is not supported by this model. Remove the field.", param="verbosity"
-        )
-    if request.service_tier not in (None, "auto", "default"):
-        raise InvalidRequestError(
-            f"service_tier '{request.service_tier}' is not offered; pipeserve has one tier ('default').",
-            param="service_tier",
-        )
+def _passthrough(request: ChatCompletionRequest) -> dict[str, Any]:
+    """Fields pipeserve does not interpret, as sent: an upstream engine that knows them gets them; any other
+    engine answers 400 naming the first (see `ChatService`). Values that ask for nothing are dropped."""
+    fields = request.model_dump(include=set(_PASSTHROUGH), exclude_none=True, by_alias=True, mode="json")
+    if fields.get("modalities") == ["text"]:
+        del fields["modalities"]
+    if fields.get("service_tier") in ("auto", "default"):
+        del fields["service_tier"]
+    return fields
 
 
 def _message(index: int, message: Message) -> ChatMessage:

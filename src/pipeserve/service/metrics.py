@@ -84,9 +84,8 @@ class _EngineCollector(Collector):
             "Share of all prompt tokens since start whose KV entries came from the prefix cache.",
             labels=["model"],
         )
-        for served in self.models:
-            model = served.config.id
-            stats = served.engine.stats()
+        for model, engine in self.models.engines():
+            stats = engine.stats()
             running.add_metric([model], stats.running_sequences)
             queued.add_metric([model], stats.waiting_requests)
             occupied = stats.kv_cells_used + stats.kv_cells_cached

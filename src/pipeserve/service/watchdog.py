@@ -29,6 +29,8 @@ async def watch_engines(
         await asyncio.sleep(every)
         now = time.monotonic()
         for served in models:
+            if served.engine.remote:
+                continue  # an upstream that is down is not fixed by restarting this server
             problem = served.engine.problem()
             name = served.config.id
             if problem is None:

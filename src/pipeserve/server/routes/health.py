@@ -19,12 +19,14 @@ router = APIRouter()
 async def health(request: Request) -> Response:
     registry: ModelRegistry = request.app.state.models
     models = []
-    for served in registry:
-        stats = served.engine.stats()
-        problem = served.engine.problem()
+    down = False
+    for label, engine in registry.engines():
+        stats = engine.stats()
+        problem = engine.problem()
+        down = down or (problem is not None and not engine.remote)
         models.append(
             ModelHealth(
-                id=served.config.id,
+                id=label,
                 state="ready" if problem is None else "unavailable",
                 problem=problem,
                 running_sequences=stats.running_sequences,
@@ -36,8 +38,8 @@ async def health(request: Request) -> Response:
         )
     writer: LogWriter = request.app.state.log_writer
     store = StoreHealth(available=writer.available, log_backlog=writer.backlog, logs_dropped=writer.dropped)
-    down = any(model.problem is not None for model in models)
-    status = "unavailable" if down else "ok" if store.available else "degraded"
+    degraded = not store.available or any(model.problem is not None for model in models)
+    status = "unavailable" if down else "degraded" if degraded else "ok"
     return json_response(Health(status=status, models=models, store=store), status_code=503 if down else 200)
 
 

@@ -1,0 +1,15 @@
+"""The Anthropic engine: a model served by Anthropic's Messages API (no SDK: HTTP with httpx)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeserve.engines.base import Engine
+    from pipeserve.settings import ModelConfig
+
+
+def create_engine(config: ModelConfig, *, max_waiting: int) -> Engine:
+    from pipeserve.engines.anthropic.engine import AnthropicEngine
+
+    return AnthropicEngine(config, max_waiting=max_waiting)
