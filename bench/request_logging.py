@@ -66,11 +66,18 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def start(data_dir: Path, database_url: str | None) -> tuple[subprocess.Popen[bytes], str]:
+def start(
+    data_dir: Path, database_url: str | None, *, config: str | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m pipeserve serve` on a free port (with `config` as its TOML config, if given), once healthy."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     args = [sys.executable, "-m", "pipeserve", "serve", "--port", str(port), "--data-dir", str(data_dir)]
     if database_url:
         args += ["--database-url", database_url]
+    if config is not None:
+        (data_dir / "pipeserve.toml").write_text(config)
+        args += ["--config", str(data_dir / "pipeserve.toml")]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIPESERVE_")}
     log = (data_dir / "server.log").open("wb")
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -143,3 +143,15 @@ async def test_extra_body_goes_under_the_requests_own_fields(fake: FakeUpstream)
     body = fake.received[0].body
     assert body["top_k"] == 20 and body["chat_template_kwargs"] == {"enable_thinking": False}
     assert (body["seed"], body["service_tier"]) == (5, "flex")
+
+
+def test_the_affinity_text_leaves_out_the_last_message_which_each_request_brings_anew() -> None:
+    from pipeserve.engines.openai.translate import affinity_text
+
+    system = {"role": "system", "content": "You are a helpful assistant. " * 10}
+    one = affinity_text({"messages": [system, {"role": "user", "content": "What is 2+2?"}]}, 2048)
+    other = affinity_text({"messages": [system, {"role": "user", "content": "Name a colour."}]}, 2048)
+    assert one == other and "2+2" not in one
+    alone = affinity_text({"messages": [{"role": "user", "content": "Hi"}]}, 2048)
+    assert "Hi" in alone  # a single message is all there is to go by
+    assert len(affinity_text({"messages": [system] * 50 + [{"role": "user", "content": "x"}]}, 100)) == 100

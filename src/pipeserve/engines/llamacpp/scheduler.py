@@ -220,7 +220,12 @@ class Scheduler:
             # Empty streams first, then the least recently used cached one; ties to low ids, because llama.cpp
             # splits a step into one sub-batch per run of consecutive sequence ids.
             by_age = sorted(free, key=lambda slot: (bool(slot.tokens), slot.last_used, slot.seq))
-            host = source if source is not None and source.job is None else by_age[0]
+            host = by_age[0]
+            if source is not None and source.job is None and (source is host or 2 * shared >= len(source.tokens)):
+                # Run in the idle stream that holds the prefix, unless that would throw away more of its cache
+                # than the request reuses (prompts that share only a template's first tokens): then the prefix
+                # is copied into the least valuable stream, and the other prompt stays cached for its own kind.
+                host = source
             siblings = [slot for slot in by_age if slot is not host][: job.n - 1]
             self.waiting.popleft()
             self._place(job, host, source, shared, siblings)

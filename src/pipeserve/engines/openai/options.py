@@ -88,8 +88,9 @@ class OpenAIOptions(BaseModel):
     affinity_prefix_chars: int = Field(
         default=2048,
         ge=0,
-        description="Characters at the start of the rendered prompt (tools and messages) that choose a replica "
-        "by consistent (rendezvous) hashing, so prompts sharing them share a prefix cache. 0: least busy only.",
+        description="Characters at the start of the prompt before its last message (tools, system prompt, "
+        "earlier turns) that choose a replica by consistent (rendezvous) hashing, so that requests sharing them "
+        "share a prefix cache. 0: least busy only.",
     )
     affinity_slack: int = Field(
         default=4,

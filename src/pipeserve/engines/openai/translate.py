@@ -122,11 +122,14 @@ def response_format_json(params: ChatParams) -> dict[str, Any]:
 
 def affinity_text(body: dict[str, Any], chars: int) -> str:
     """The first `chars` characters of the prompt as the upstream will see it, roughly in the order a chat
-    template renders it (tools, then messages), so that requests sharing a prompt prefix share a text prefix.
-    Rendered message by message only as far as needed: a long conversation costs no more than a short one."""
+    template renders it (tools, then messages), without its last message: that is the part each request
+    brings anew (a user's question), while what comes before it (the system prompt, few-shot examples, the
+    conversation so far) is what requests of one application or one conversation share. Rendered message by
+    message only as far as needed: a long conversation costs no more than a short one."""
     parts = [json.dumps(body.get("tools", []), separators=(",", ":"), sort_keys=True)]
     length = len(parts[0])
-    for message in body["messages"]:
+    messages = body["messages"]
+    for message in messages[:-1] if len(messages) > 1 else messages:
         if length >= chars:
             break
         parts.append(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
