@@ -216,3 +216,34 @@ async def test_requests_arriving_together_compute_a_shared_prefix_once(server: S
     # one request computes the catalogue; the seven others reuse its KV entries
     assert cached[0] < 20 and all(c >= prefix for c in cached[1:]), (prefix, cached)
     wait_until_idle(server)
+
+
+def test_prompts_that_share_only_a_template_opening_keep_each_others_cached_prefix(server: Server) -> None:
+    """Two kinds of prompt, alternating: each finds its own earlier prompt still cached, because a request
+    that shares only the template's first tokens with an idle sequence does not run in it (and throw its
+    cached prompt away) while other sequences are free."""
+    run = uuid.uuid4().hex
+    systems = {kind: f"You are assistant {kind}-{run}. " + f"Answer about {kind} only. " * 30 for kind in "xy"}
+
+    def cached(kind: str, question: int) -> tuple[int, int]:
+        response = httpx.post(
+            f"{server.v1}/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [
+                    {"role": "system", "content": systems[kind]},
+                    {"role": "user", "content": f"Question {question}?"},
+                ],
+                "max_tokens": 1,
+            },
+            timeout=60,
+        )
+        usage = response.json()["usage"]
+        return usage["prompt_tokens_details"]["cached_tokens"], usage["prompt_tokens"]
+
+    for kind in "xy":
+        cached(kind, 0)
+    for question in (1, 2):
+        for kind in "xy":
+            hit, prompt = cached(kind, question)
+            assert hit >= prompt - 12, (kind, question, hit, prompt)  # all but the question's few tokens
