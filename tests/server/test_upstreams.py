@@ -98,6 +98,13 @@ def test_a_providers_route_passes_the_model_name_on(client: openai.OpenAI) -> No
     assert completion.choices[0].message.content is not None
 
 
+def test_models_lists_the_configured_ones_and_what_each_providers_upstream_serves(client: openai.OpenAI) -> None:
+    names = [model.id for model in client.models.list()]
+    assert names[:3] == [REMOTE, "dead", "dead-alone"]
+    assert f"up:{MODEL}" in names
+    assert client.models.retrieve(f"up:{MODEL}").id == f"up:{MODEL}"
+
+
 def test_an_unknown_model_behind_a_provider_keeps_the_upstreams_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="up:no-such-model", messages=HI, max_tokens=4)  # type: ignore[arg-type]

@@ -190,6 +190,11 @@ class Engine(ABC):
     @abstractmethod
     def stats(self) -> EngineStats: ...
 
+    def listed_models(self) -> list[str]:
+        """The model names an upstream says it serves (its `GET /models`), for a provider's routes in
+        `GET /v1/models`; empty when unknown."""
+        return []
+
     def problem(self) -> str | None:
         """Why the engine can't serve right now (stopped, restarting, stalled), or None when it can.
         Requests then get a 503 and `/health` answers 503 naming it."""

@@ -40,6 +40,7 @@ from pipeserve.upstream import (
 log = logging.getLogger("pipeserve.openai")
 
 _JSON = {"Content-Type": "application/json"}
+_MAX_LISTED = 1000
 _HEALTH_READ_TIMEOUT = 10.0  # seconds: a health check needs a prompt answer, not a generation's patience
 
 
@@ -66,6 +67,7 @@ class OpenAIEngine(Engine):
         self.admission = Admission(config.id, options.max_concurrent, max_waiting)
         self.policy = RetryPolicy(options.max_attempts, options.retry_base_delay, options.retry_max_delay)
         self._max_model_len = options.max_model_len
+        self._listed: list[str] = []  # what the upstream's GET /models names, for a provider's routes
         self._client: httpx.AsyncClient | None = None
         self._runs: set[Run] = set()
         self._warned_no_usage = False
@@ -128,10 +130,15 @@ class OpenAIEngine(Engine):
         if response.status_code in (401, 403) or response.status_code >= 500:
             failure = failure_from_status(response.status_code, response.content, response.headers, context)
             raise RuntimeError(failure.error.message)
+        if response.status_code == 200:
+            self._listed = _listed(response)
         if response.status_code == 200 and self._max_model_len is None:
             self._max_model_len = _context_window(response, self.upstream_model)
             if self._max_model_len is not None:
                 log.info("%s: upstream context window: %d tokens", self.model_id, self._max_model_len)
+
+    def listed_models(self) -> list[str]:
+        return list(self._listed)
 
     # --- requests -------------------------------------------------------------------------------------------
     @property
@@ -271,6 +278,16 @@ class OpenAIEngine(Engine):
         if self._client is None:
             raise EngineUnavailableError(f"The model {self.model_id} is not running.")
         return self._client
+
+
+def _listed(response: httpx.Response) -> list[str]:
+    """The model ids of an upstream's `GET /models` answer (at most a thousand)."""
+    try:
+        entries = response.json().get("data") or []
+    except (ValueError, AttributeError):
+        return []
+    ids = [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    return ids[:_MAX_LISTED]
 
 
 def _context_window(response: httpx.Response, model: str) -> int | None:

@@ -20,14 +20,19 @@ def _card(served: ServedModel) -> ModelCard:
         created=served.created,
         owned_by="pipeserve",
         aliases=served.config.aliases,
-        context_window=served.engine.context_window,
+        # A provider's engine serves many models; the window it learnt is one model's.
+        context_window=served.engine.context_window if served.provider is None else None,
     )
 
 
 @router.get("/models")
 async def list_models(request: Request) -> Response:
+    """The configured models, then each provider's routes to the models its upstream lists."""
     registry: ModelRegistry = request.app.state.models
-    return json_response(ModelList(data=[_card(m) for m in registry]))
+    cards = [_card(m) for m in registry]
+    for provider in registry.providers:
+        cards += [_card(registry.resolve(f"{provider.provider}:{name}")) for name in provider.engine.listed_models()]
+    return json_response(ModelList(data=cards))
 
 
 @router.get("/models/{model_id:path}")
