@@ -42,6 +42,17 @@ engine = "openai"
 base_url = "{dead}"
 max_attempts = 1
 
+[[models]]
+id = "limited"
+engine = "openai"
+base_url = "{upstream.v1}"
+model = "{MODEL}"
+fallbacks = ["{REMOTE}"]
+
+[[rate_limits]]
+model = "limited"
+requests_per_minute = 1
+
 [[providers]]
 prefix = "up"
 base_url = "{upstream.v1}"
@@ -100,7 +111,7 @@ def test_a_providers_route_passes_the_model_name_on(client: openai.OpenAI) -> No
 
 def test_models_lists_the_configured_ones_and_what_each_providers_upstream_serves(client: openai.OpenAI) -> None:
     names = [model.id for model in client.models.list()]
-    assert names[:3] == [REMOTE, "dead", "dead-alone"]
+    assert names[:4] == [REMOTE, "dead", "dead-alone", "limited"]
     assert f"up:{MODEL}" in names
     assert client.models.retrieve(f"up:{MODEL}").id == f"up:{MODEL}"
 
@@ -127,6 +138,14 @@ def test_an_upstream_that_cant_be_reached_is_a_502_or_falls_back(client: openai.
     assert completion.model == REMOTE  # the model that answered
     health = httpx.get(f"{front.url}/health", timeout=10)
     assert health.status_code == 200  # an upstream that is down degrades this server; it stays in service
+
+
+def test_a_models_rate_limit_sends_the_request_to_its_fallback_before_a_429(client: openai.OpenAI) -> None:
+    answered = [
+        client.chat.completions.create(model="limited", messages=HI, max_tokens=2).model  # type: ignore[arg-type]
+        for _ in range(3)
+    ]
+    assert answered[0] == "limited" and answered[1:] == [REMOTE, REMOTE]
 
 
 def test_a_stream_is_logged_as_the_client_received_it_with_the_same_call_ids(
