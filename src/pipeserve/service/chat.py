@@ -137,7 +137,7 @@ class ChatService:
         answer starts (the answer then names the model that served it)."""
         served = served or self.models.resolve(params.model)
         started = time.perf_counter()
-        fallbacks = served.config.fallbacks if served.upstream_name is None else []
+        fallbacks = served.fallbacks
         first_error: PipeserveError | None = None
         for name in [None, *fallbacks]:
             try:
@@ -264,17 +264,13 @@ def _check_capabilities(served: ServedModel, params: ChatParams) -> None:
         choice: bool(params.tools) and params.tool_choice not in can.tool_choice,
         "parallel_tool_calls": bool(params.tools) and not params.parallel_tool_calls and not can.parallel_tool_calls,
         "n": can.max_n is not None and params.n > can.max_n,
+        **{field: not can.passthrough for field in sorted(params.passthrough)},
     }
     for field, missing in wanted.items():
         if missing:
             raise UnsupportedParameterError(
                 f"The model {served.config.id} can't honour '{field}'. Remove it or use another model.", param=field
             )
-    if params.passthrough and not can.passthrough:
-        field = sorted(params.passthrough)[0]
-        raise UnsupportedParameterError(
-            f"The model {served.config.id} can't honour '{field}'. Remove it or use another model.", param=field
-        )
 
 
 def criteria_choices(completion: wire.ChatCompletion) -> list[wire.ChunkChoice]:

@@ -149,7 +149,7 @@ class ChatCompletions:
         have room; the 429 of the one asked for when none has."""
         params, served = request.params, request.served
         refused: ModelRateLimitError | None = None
-        for name in [None, *(served.config.fallbacks if served.upstream_name is None else [])]:
+        for name in [None, *served.fallbacks]:
             try:
                 if name is not None:
                     served, params = self.chat.models.resolve(name), replace(request.params, model=name)

@@ -28,6 +28,11 @@ class ServedModel:
         return f"fp_{uuid.uuid5(uuid.NAMESPACE_URL, f'pipeserve/{__version__}/{self.config.id}').hex[:10]}"
 
     @property
+    def fallbacks(self) -> list[str]:
+        """The models tried in order when this one fails before answering; a provider's route has none."""
+        return self.config.fallbacks if self.upstream_name is None else []
+
+    @property
     def label(self) -> str:
         """The model's name in metrics: a provider's routes share their prefix's, since clients choose the
         names after it."""

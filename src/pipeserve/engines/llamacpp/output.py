@@ -98,7 +98,7 @@ class ChoiceDecoder:
         out = [Delta(self.index, reasoning=emitted.reasoning)] if emitted.reasoning else []
         out += self._text(emitted.text)
         if emitted.finish_reason is not None:
-            out += self._finish(emitted.finish_reason)
+            out += self._finish()
         if emitted.logprobs:
             self._attach(out, emitted.logprobs)
         if emitted.finish_reason is not None:
@@ -121,7 +121,7 @@ class ChoiceDecoder:
             return self._auto_events(self._auto.feed(text))
         return [Delta(self.index, content=text)] if text else []
 
-    def _finish(self, engine_finish: str) -> list[Delta]:
+    def _finish(self) -> list[Delta]:
         """What is still held at the end of the choice."""
         if self._reader is not None:
             # No call was named: the text is the answer, as content.
