@@ -220,5 +220,8 @@ def test_sighup_reloads_the_models_without_dropping_a_stream(server: Server, tmp
             time.sleep(0.2)
         assert "added" in names
         assert client.chat.completions.create(model="added", messages=HI, max_tokens=2).choices  # type: ignore[arg-type]
+        criterion = {"name": "brief", "instructions": "PASS if short.", "judge_model": "added"}
+        created = httpx.post(f"{front.v1}/criteria", json=criterion, timeout=30)
+        assert created.status_code in (200, 201), created.text  # a judge served since the reload
     finally:
         stop_server(front)

@@ -97,11 +97,9 @@ def create_app(settings: Settings, reload: Callable[[], Settings] | None = None)
             app.state.chat = ChatService(registry, app.state.metrics)
             app.state.db = db
             app.state.log_writer = writer
-            aliases = {alias: m.config.id for m in served for alias in m.config.aliases}
-            app.state.recorder = Recorder(writer, settings.prices, aliases)
+            app.state.recorder = Recorder(writer, settings.prices, registry.aliases)
             app.state.cache = ResponseCache(db, settings.cache_ttl_seconds)
-            served_names = {name for m in served for name in (m.config.id, *m.config.aliases)}
-            app.state.criteria = CriteriaService(db, settings.default_judge_model, served_names.__contains__)
+            app.state.criteria = CriteriaService(db, settings.default_judge_model, registry.serves)
             app.state.judge = Judge(app.state.chat)
             await sync_config_criteria(app.state.criteria, settings)
             app.state.completions = ChatCompletions(

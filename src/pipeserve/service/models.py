@@ -44,6 +44,7 @@ class ModelRegistry:
     provider of that prefix. Replaced whole on a reload, so a request keeps the model it resolved."""
 
     def __init__(self, models: list[ServedModel], providers: list[ServedModel] | None = None) -> None:
+        self.aliases: dict[str, str] = {}  # a configured model's other names -> its id
         self.replace(models, providers or [])
 
     def replace(self, models: list[ServedModel], providers: list[ServedModel]) -> None:
@@ -51,6 +52,17 @@ class ModelRegistry:
         self._models = models
         self._providers = {p.provider: p for p in providers if p.provider is not None}
         self._by_name = {name: m for m in models for name in (m.config.id, *m.config.aliases)}
+        # Updated in place, so that those holding it (prices by alias) see a reload.
+        self.aliases.clear()
+        self.aliases.update({alias: m.config.id for m in models for alias in m.config.aliases})
+
+    def serves(self, name: str) -> bool:
+        """Whether `name` resolves: a configured model's id or alias, or a provider's route."""
+        try:
+            self.resolve(name)
+        except ModelNotFoundError:
+            return False
+        return True
 
     def resolve(self, name: str) -> ServedModel:
         served = self._by_name.get(name)
