@@ -115,6 +115,9 @@ class RateLimiter:
         ]
         self._backend = backend
         self._key_name = key_name
+        # Only a table naming one key may name it by its name: else the name is never looked up (it reads the
+        # key file, on every request).
+        self._names_keys = any(rule.config.key not in (None, "*") for rule in self._rules)
         self._shared = shared  # a backend that can fail (Redis): fail open
         self._up = True
         self._retry_at = 0.0
@@ -161,7 +164,7 @@ class RateLimiter:
 
     async def admit(self, key_id: str | None, model: str, params: ChatParams) -> Ticket:
         """Admit a request of `key_id` to `model` (a served model's id), or raise the 429 of a limit reached."""
-        key_name = self._key_name(key_id) if key_id else None
+        key_name = self._key_name(key_id) if key_id and self._names_keys else None
         charges = self._charges(key_id, key_name, model, params)
         ticket = Ticket(self, [c.bucket for c in charges if c.bucket.kind == "tokens"], uuid.uuid4().hex)
         if not charges:
