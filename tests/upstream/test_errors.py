@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 from pipeserve.errors import (
@@ -15,7 +14,17 @@ from pipeserve.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from pipeserve.upstream import UpstreamContext, error_fields, failure_from_exception, failure_from_status
+from pipeserve.upstream import (
+    ConnectFailed,
+    ConnectionDropped,
+    ConnectTimeout,
+    ReadTimeout,
+    TransportError,
+    UpstreamContext,
+    error_fields,
+    failure_from_exception,
+    failure_from_status,
+)
 
 CONTEXT = UpstreamContext("my-model", "http://vllm:8000/v1", "VLLM_KEY")
 
@@ -67,11 +76,12 @@ def test_statuses() -> None:
 
 
 def test_transport_exceptions() -> None:
-    request = httpx.Request("POST", "http://vllm:8000/v1/chat/completions")
-    connect = failure_from_exception(httpx.ConnectError("refused", request=request), CONTEXT)
+    connect = failure_from_exception(ConnectFailed("refused"), CONTEXT)
     assert isinstance(connect.error, UpstreamError) and connect.retryable
-    read = failure_from_exception(httpx.ReadTimeout("slow", request=request), CONTEXT)
+    read = failure_from_exception(ReadTimeout("slow"), CONTEXT)
     assert isinstance(read.error, UpstreamTimeoutError) and not read.retryable and "read_timeout" in read.error.message
-    assert failure_from_exception(httpx.ConnectTimeout("slow", request=request), CONTEXT).retryable
-    dropped = failure_from_exception(httpx.RemoteProtocolError("peer closed", request=request), CONTEXT)
-    assert "dropped the connection" in dropped.error.message
+    assert failure_from_exception(ConnectTimeout("slow"), CONTEXT).retryable
+    dropped = failure_from_exception(ConnectionDropped("peer closed"), CONTEXT)
+    assert "dropped the connection" in dropped.error.message and dropped.retryable
+    other = failure_from_exception(TransportError("odd"), CONTEXT)
+    assert isinstance(other.error, UpstreamError) and not other.retryable

@@ -6,8 +6,11 @@ API
 ---
 `http`
     `Timeouts(connect=5.0, read=120.0, total=600.0)`; `make_client(timeouts, *, max_connections=None,
-    headers=None) -> httpx.AsyncClient` (no redirects; `total` is enforced by the engine, e.g. with
-    `asyncio.timeout_at`, over retries and the whole streamed answer).
+    headers=None) -> HttpClient` (aiohttp underneath; no redirects; `total` is enforced by the engine, e.g.
+    with `asyncio.timeout_at`, over retries and the whole streamed answer). `await client.request(method, url,
+    *, body=None, headers=None, read_timeout=None) -> Response` (`.status`, `.headers`, `await .read()`,
+    `.lines()`, `await .close(drain=0.0)`), `await client.close()`. Failures raise `TransportError`:
+    `ConnectTimeout`, `ReadTimeout`, `ConnectFailed`, `ConnectionDropped`.
 `errors`
     `UpstreamContext(model, upstream, key_env=None, secrets=())`: what messages name (the redacted URL, never
     the key); `.scrub(text)` removes `secrets` from upstream text quoted in a message (done by the functions here).
@@ -17,7 +20,7 @@ API
     each keeping the upstream's message, param and code; 429 -> RateLimitError with `Retry-After` (retryable);
     401/403 -> UpstreamAuthenticationError (502, names `api_key_env`); 408/504 -> UpstreamTimeoutError;
     other 5xx -> UpstreamError (retryable but 501/505); other 4xx -> UpstreamError.
-    `failure_from_exception(exc, context)`: httpx timeouts -> 504 (a connect timeout retryable), refused
+    `failure_from_exception(exc, context)`: transport timeouts -> 504 (a connect timeout retryable), refused
     connections and dropped connections -> 502 (retryable), anything else -> 502.
     `unreadable(context, what)`: a 502 for an answer that can't be parsed (not retried).
     `error_fields(payload) -> (message, param, code)` from any upstream's error JSON (also for error events
@@ -44,7 +47,7 @@ API
     `Admission(model, max_concurrent, max_waiting)`: `await .acquire()` (429 when `max_waiting` wait
     already), `.release()`, `.running`, `.waiting`.
 `sse`
-    `sse_events(response.aiter_lines()) -> AsyncIterator[ServerSentEvent(event, data)]`.
+    `sse_events(response.lines()) -> AsyncIterator[ServerSentEvent(event, data)]`.
 """
 
 from __future__ import annotations
@@ -58,7 +61,17 @@ from pipeserve.upstream.errors import (
     failure_from_status,
     unreadable,
 )
-from pipeserve.upstream.http import Timeouts, make_client
+from pipeserve.upstream.http import (
+    ConnectFailed,
+    ConnectionDropped,
+    ConnectTimeout,
+    HttpClient,
+    ReadTimeout,
+    Response,
+    Timeouts,
+    TransportError,
+    make_client,
+)
 from pipeserve.upstream.replicas import CircuitBreaker, Lease, Replica, ReplicaPool, affinity_key, redact_url
 from pipeserve.upstream.retry import RetryPolicy, parse_retry_after, with_retries
 from pipeserve.upstream.sse import ServerSentEvent, sse_events
@@ -66,12 +79,19 @@ from pipeserve.upstream.sse import ServerSentEvent, sse_events
 __all__ = [
     "Admission",
     "CircuitBreaker",
+    "ConnectFailed",
+    "ConnectTimeout",
+    "ConnectionDropped",
+    "HttpClient",
     "Lease",
+    "ReadTimeout",
     "Replica",
     "ReplicaPool",
+    "Response",
     "RetryPolicy",
     "ServerSentEvent",
     "Timeouts",
+    "TransportError",
     "UpstreamContext",
     "UpstreamFailure",
     "affinity_key",

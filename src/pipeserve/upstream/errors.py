@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from pipeserve.errors import (
     ConflictError,
     ContextLengthExceededError,
@@ -26,6 +24,7 @@ from pipeserve.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from pipeserve.upstream.http import ConnectFailed, ConnectionDropped, ConnectTimeout, ReadTimeout
 from pipeserve.upstream.retry import parse_retry_after
 
 _QUOTED_CHARS = 500  # of an upstream's error text quoted in a 5xx message: enough to diagnose, not a dump
@@ -144,23 +143,20 @@ def failure_from_status(
 
 
 def failure_from_exception(exc: BaseException, context: UpstreamContext) -> UpstreamFailure:
-    """The failure a transport exception (httpx's) stands for. Timeouts are 504s; the rest 502s."""
+    """The failure a transport error (`pipeserve.upstream.http`) stands for. Timeouts are 504s; the rest 502s."""
     where = f"the upstream {context.upstream} (model {context.model!r})"
-    if isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, ConnectTimeout):
         error: PipeserveError = UpstreamTimeoutError(f"Connecting to {where} timed out; is it up?")
         return UpstreamFailure(error, retryable=True, replica_fault=True)
-    if isinstance(exc, httpx.TimeoutException):
-        kind = {
-            httpx.ReadTimeout: "sent nothing for longer than the read timeout",
-            httpx.WriteTimeout: "did not take the request within the write timeout",
-            httpx.PoolTimeout: "could not be given a connection in time",
-        }.get(type(exc), "timed out")
-        error = UpstreamTimeoutError(f"{where} {kind}; retry later, or raise the model's `read_timeout`.")
+    if isinstance(exc, ReadTimeout):
+        error = UpstreamTimeoutError(
+            f"{where} sent nothing for longer than the read timeout; retry later, or raise the model's `read_timeout`."
+        )
         return UpstreamFailure(error, retryable=False, replica_fault=True)
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, ConnectFailed):
         error = UpstreamError(f"Could not connect to {where}: {_reason(exc)}; is it running?")
         return UpstreamFailure(error, retryable=True, replica_fault=True)
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+    if isinstance(exc, ConnectionDropped):
         error = UpstreamError(f"{where} dropped the connection: {_reason(exc)}")
         return UpstreamFailure(error, retryable=True, replica_fault=True)
     error = UpstreamError(f"{where} could not be used: {_reason(exc)}")

@@ -13,7 +13,7 @@ class ServerSentEvent:
 
 
 async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[ServerSentEvent]:
-    """Events from the lines of an event stream (httpx's `response.aiter_lines()`), per the SSE spec:
+    """Events from the lines of an event stream (`Response.lines()`), per the SSE spec:
     fields up to a blank line; comments (`:`) and `id`/`retry` ignored; a last event without its blank line
     still counts."""
     event: str | None = None

@@ -97,12 +97,20 @@ async def test_refused_connections_are_502() -> None:
             await engine.generate(params())
 
 
-async def test_a_slow_first_byte_is_a_504(fake: FakeUpstream) -> None:
+async def test_a_slow_first_byte_of_a_stream_is_a_504(fake: FakeUpstream) -> None:
     fake.script(Reply(delay_headers=3))
     async with engine_for(fake.url, read_timeout=0.3) as engine:
         with pytest.raises(UpstreamTimeoutError) as caught:
-            await engine.generate(params())
-    assert caught.value.status_code == 504
+            await engine.generate(params(stream=True))
+    assert caught.value.status_code == 504 and "read_timeout" in caught.value.message
+
+
+async def test_a_plain_answer_may_take_longer_than_the_read_timeout(fake: FakeUpstream) -> None:
+    # A plain answer arrives whole when the generation ends: only the total timeout bounds the wait.
+    fake.script(Reply(delay_headers=0.8, whole=True))
+    async with engine_for(fake.url, read_timeout=0.3, total_timeout=5.0) as engine:
+        answer = await collect(await engine.generate(params()))
+    assert answer.content() == "Hello world"
 
 
 async def test_the_total_timeout_ends_a_long_stream_with_504(fake: FakeUpstream) -> None:

@@ -37,6 +37,8 @@ async def test_every_field_passes_on(fake: FakeUpstream) -> None:
         parallel_tool_calls=False,
         response_format=ResponseFormat("json_schema", {"type": "object"}, "answer", "An answer", True),
         passthrough={"reasoning_effort": "low", "service_tier": "flex"},
+        stream=True,
+        include_usage=False,
     )
     async with engine_for(fake.url) as engine:
         await generate(engine, request)
@@ -93,12 +95,8 @@ async def test_every_field_passes_on(fake: FakeUpstream) -> None:
 async def test_defaults_are_left_to_the_upstream(fake: FakeUpstream) -> None:
     async with engine_for(fake.url, model="upstream-name") as engine:
         await generate(engine, params("Hi"))
-    assert fake.received[0].body == {
-        "model": "upstream-name",
-        "messages": [{"role": "user", "content": "Hi"}],
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+    # A plain request asks for a plain answer.
+    assert fake.received[0].body == {"model": "upstream-name", "messages": [{"role": "user", "content": "Hi"}]}
 
 
 async def test_max_tokens_field_and_tool_choice_kinds(fake: FakeUpstream) -> None:

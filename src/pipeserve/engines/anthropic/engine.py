@@ -1,4 +1,4 @@
-"""The Anthropic engine: chat completions served by Anthropic's Messages API, over HTTP with httpx.
+"""The Anthropic engine: chat completions served by Anthropic's Messages API, over HTTP (`pipeserve.upstream.http`).
 
 Every request streams from Anthropic, whether or not the client streams: one code path, and a client that
 leaves stops the upstream work (its stream is closed). `generate` returns once every choice's stream has
@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
-import httpx
+import orjson
 from pydantic import SecretStr, ValidationError
 
 from pipeserve.engines.anthropic.options import AnthropicOptions
@@ -38,11 +38,15 @@ from pipeserve.params import ChatParams
 from pipeserve.settings import ModelConfig
 from pipeserve.upstream import (
     Admission,
+    ConnectionDropped,
+    HttpClient,
     Lease,
     ReplicaPool,
+    Response,
     RetryPolicy,
     ServerSentEvent,
     Timeouts,
+    TransportError,
     UpstreamContext,
     UpstreamFailure,
     failure_from_exception,
@@ -57,6 +61,7 @@ from pipeserve.upstream import (
 log = logging.getLogger("pipeserve.anthropic")
 
 _Events = AsyncIterator[ServerSentEvent]
+_DRAIN = 0.05  # seconds to wait for the end of a body after `message_stop`, so its connection is kept
 
 
 @dataclass(slots=True)
@@ -94,7 +99,7 @@ class AnthropicEngine(Engine):
         self._admission = Admission(config.id, options.max_concurrent, max_waiting)
         self._pool = ReplicaPool(config.id, [options.base_url])
         self._retries = RetryPolicy(max_attempts=options.max_attempts)
-        self._client: httpx.AsyncClient | None = None
+        self._client: HttpClient | None = None
         self._key = SecretStr("")
         self._requests: set[asyncio.Task[None]] = set()
 
@@ -125,7 +130,7 @@ class AnthropicEngine(Engine):
         if self._requests:
             await asyncio.gather(*self._requests, return_exceptions=True)
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     def problem(self) -> str | None:
@@ -213,7 +218,7 @@ class AnthropicEngine(Engine):
         assert self._client is not None
         total = self.options.total_timeout
         deadline = time.monotonic() + total
-        response: httpx.Response | None = None
+        response: Response | None = None
         events: _Events | None = None
         lease: Lease | None = None
         try:
@@ -240,7 +245,7 @@ class AnthropicEngine(Engine):
                     if deltas:
                         request.generation.push(deltas, False)
                 raise MalformedStream("the event stream ended before message_stop")
-        except (StreamError, MalformedStream, httpx.HTTPError) as exc:
+        except (StreamError, MalformedStream, TransportError) as exc:
             failure = self._read_failure(exc)
             if lease is not None and failure.replica_fault:
                 lease.failed(failure.error.message)  # the stream broke after it began: the breaker counts it
@@ -255,13 +260,11 @@ class AnthropicEngine(Engine):
                 with contextlib.suppress(Exception):
                     await events.aclose()
             if response is not None:
-                await response.aclose()
+                await response.close(drain=_DRAIN if reader.finished else 0.0)
             if lease is not None:
                 lease.close()
 
-    async def _attempt(
-        self, lease: Lease, plan: Plan, reader: ChoiceReader
-    ) -> tuple[httpx.Response, _Events, list[Delta]]:
+    async def _attempt(self, lease: Lease, plan: Plan, reader: ChoiceReader) -> tuple[Response, _Events, list[Delta]]:
         """One try: send the request and read up to its first content (with the deltas of that event), so
         that a refusal, an overload or an error event before any content is an error of `generate`, and can
         be retried."""
@@ -272,29 +275,29 @@ class AnthropicEngine(Engine):
             "anthropic-version": self.options.anthropic_version,
             "accept": "text/event-stream",
         }
-        upstream = self._client.build_request("POST", f"{lease.url}/v1/messages", json=plan.body, headers=headers)
+        body = orjson.dumps(plan.body)
         try:
-            response = await self._client.send(upstream, stream=True)
-        except httpx.HTTPError as exc:
+            response = await self._client.request("POST", f"{lease.url}/v1/messages", body=body, headers=headers)
+        except TransportError as exc:
             raise failure_from_exception(exc, self._context) from None
         reader.reset()
         try:
-            if response.status_code != 200:
-                raise self._failure(response.status_code, await response.aread(), response.headers)
-            events = sse_events(response.aiter_lines())
+            if response.status != 200:
+                raise self._failure(response.status, await response.read(), response.headers)
+            events = sse_events(response.lines())
             async for event in events:
                 deltas = reader.feed(event.data)
                 if deltas or reader.finished:
                     return response, events, deltas
-            raise httpx.RemoteProtocolError("the stream ended before its first content")
-        except (StreamError, MalformedStream, httpx.HTTPError) as exc:
-            await response.aclose()
+            raise ConnectionDropped("the stream ended before its first content")
+        except (StreamError, MalformedStream, TransportError) as exc:
+            await response.close()
             raise self._read_failure(exc) from None
         except BaseException:
-            await response.aclose()
+            await response.close()
             raise
 
-    def _read_failure(self, exc: StreamError | MalformedStream | httpx.HTTPError) -> UpstreamFailure:
+    def _read_failure(self, exc: StreamError | MalformedStream | TransportError) -> UpstreamFailure:
         """The failure behind an error while reading Anthropic's stream."""
         if isinstance(exc, StreamError):
             return self._failure(exc.status, json.dumps(exc.payload).encode(), {})

@@ -10,7 +10,6 @@ import os
 import time
 from typing import Any
 
-import httpx
 import orjson
 from pydantic import ValidationError
 
@@ -24,11 +23,13 @@ from pipeserve.params import ChatParams
 from pipeserve.settings import ModelConfig
 from pipeserve.upstream import (
     Admission,
+    HttpClient,
     Lease,
     Replica,
     ReplicaPool,
     RetryPolicy,
     Timeouts,
+    TransportError,
     UpstreamContext,
     affinity_key,
     failure_from_exception,
@@ -68,7 +69,7 @@ class OpenAIEngine(Engine):
         self.policy = RetryPolicy(options.max_attempts, options.retry_base_delay, options.retry_max_delay)
         self._max_model_len = options.max_model_len
         self._listed: list[str] = []  # what the upstream's GET /models names, for a provider's routes
-        self._client: httpx.AsyncClient | None = None
+        self._client: HttpClient | None = None
         self._runs: set[Run] = set()
         self._warned_no_usage = False
         self._secrets: tuple[str, ...] = ()  # the key, scrubbed from quoted upstream text
@@ -114,7 +115,7 @@ class OpenAIEngine(Engine):
         for run in list(self._runs):
             await run.abort(closing)
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     async def _probe(self, replica: Replica) -> None:
@@ -122,18 +123,28 @@ class OpenAIEngine(Engine):
         (a server without that route still serves). Reads the context window while it is unknown."""
         client = self._require_client()
         context = self._context(replica)
-        timeout = httpx.Timeout(self.options.connect_timeout, read=_HEALTH_READ_TIMEOUT)
         try:
-            response = await client.get(f"{replica.url}/models", timeout=timeout)
-        except httpx.HTTPError as exc:
+            response = await client.request("GET", f"{replica.url}/models", read_timeout=_HEALTH_READ_TIMEOUT)
+            try:
+                body = await response.read()
+            finally:
+                await response.close()
+        except TransportError as exc:
             raise RuntimeError(failure_from_exception(exc, context).error.message) from exc
-        if response.status_code in (401, 403) or response.status_code >= 500:
-            failure = failure_from_status(response.status_code, response.content, response.headers, context)
+        if response.status in (401, 403) or response.status >= 500:
+            failure = failure_from_status(response.status, body, response.headers, context)
             raise RuntimeError(failure.error.message)
-        if response.status_code == 200:
-            self._listed = _listed(response)
-        if response.status_code == 200 and self._max_model_len is None:
-            self._max_model_len = _context_window(response, self.upstream_model)
+        if response.status != 200:
+            return
+        try:
+            entries = orjson.loads(body).get("data") or []
+        except (ValueError, AttributeError):
+            return
+        if not isinstance(entries, list):
+            return
+        self._listed = _listed(entries)
+        if self._max_model_len is None:
+            self._max_model_len = _context_window(entries, self.upstream_model)
             if self._max_model_len is not None:
                 log.info("%s: upstream context window: %d tokens", self.model_id, self._max_model_len)
 
@@ -248,23 +259,28 @@ class OpenAIEngine(Engine):
     async def _open(self, body: dict[str, Any], affinity: str | None, deadline: float) -> UpstreamStream:
         client = self._require_client()
         choices = int(body.get("n", 1))
+        streamed = bool(body.get("stream"))
         payload = orjson.dumps(body)
 
         async def attempt(lease: Lease) -> UpstreamStream:
             context = self._context(lease.replica)
-            request = client.build_request("POST", f"{lease.url}/chat/completions", content=payload, headers=_JSON)
             try:
-                response = await client.send(request, stream=True)
-            except httpx.HTTPError as exc:
+                # A plain answer comes whole at the end: no read can come sooner than the generation's end,
+                # which the total timeout bounds.
+                read_timeout = None if streamed else self.options.total_timeout
+                response = await client.request(
+                    "POST", f"{lease.url}/chat/completions", body=payload, headers=_JSON, read_timeout=read_timeout
+                )
+            except TransportError as exc:
                 raise failure_from_exception(exc, context) from exc
             stream = UpstreamStream(response, context, lease, choices)
             try:
-                if response.status_code != 200:
-                    raw = await stream.guard(response.aread())
-                    raise failure_from_status(response.status_code, raw, response.headers, context)
+                if response.status != 200:
+                    raw = await stream.guard(response.read())
+                    raise failure_from_status(response.status, raw, response.headers, context)
                 await stream.read_first()
             except BaseException:
-                await asyncio.shield(response.aclose())
+                await asyncio.shield(response.close())
                 raise
             return stream
 
@@ -274,29 +290,21 @@ class OpenAIEngine(Engine):
     def _context(self, replica: Replica) -> UpstreamContext:
         return UpstreamContext(self.model_id, replica.display, self.options.api_key_env, self._secrets)
 
-    def _require_client(self) -> httpx.AsyncClient:
+    def _require_client(self) -> HttpClient:
         if self._client is None:
             raise EngineUnavailableError(f"The model {self.model_id} is not running.")
         return self._client
 
 
-def _listed(response: httpx.Response) -> list[str]:
+def _listed(entries: list[Any]) -> list[str]:
     """The model ids of an upstream's `GET /models` answer (at most a thousand)."""
-    try:
-        entries = response.json().get("data") or []
-    except (ValueError, AttributeError):
-        return []
     ids = [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
     return ids[:_MAX_LISTED]
 
 
-def _context_window(response: httpx.Response, model: str) -> int | None:
+def _context_window(entries: list[Any], model: str) -> int | None:
     """The context window an upstream's `GET /models` reports for `model` (vLLM and SGLang: `max_model_len`;
     some gateways: `context_length` or `context_window`)."""
-    try:
-        entries = response.json().get("data") or []
-    except (ValueError, AttributeError):
-        return None
     entries = [e for e in entries if isinstance(e, dict)]
     matching = [e for e in entries if e.get("id") == model] or (entries if len(entries) == 1 else [])
     for entry in matching:

@@ -7,7 +7,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 
 from pipeserve.engines.base import Delta, Usage
@@ -15,7 +14,9 @@ from pipeserve.engines.openai.normalize import ChunkError, Counted, chunk_deltas
 from pipeserve.errors import UpstreamError
 from pipeserve.upstream import (
     Lease,
+    Response,
     ServerSentEvent,
+    TransportError,
     UpstreamContext,
     UpstreamFailure,
     error_fields,
@@ -26,10 +27,11 @@ from pipeserve.upstream import (
 )
 
 _QUOTED = 200  # characters of an unreadable event quoted in its error
+_DRAIN = 0.05  # seconds to wait for the end of a body after `[DONE]`
 
 
 class UpstreamStream:
-    def __init__(self, response: httpx.Response, context: UpstreamContext, lease: Lease, choices: int) -> None:
+    def __init__(self, response: Response, context: UpstreamContext, lease: Lease, choices: int) -> None:
         self.response = response
         self.context = context
         self.lease = lease
@@ -48,13 +50,13 @@ class UpstreamStream:
         if "text/event-stream" not in content_type:
             await self._read_whole(content_type)
             return
-        self._events = sse_events(self.response.aiter_lines())
+        self._events = sse_events(self.response.lines())
         while not self.content_seen and not self.ended:
             self.buffered += await self.next()
 
     async def _read_whole(self, content_type: str) -> None:
         """An upstream that ignored `stream: true` and sent the whole completion as JSON."""
-        body = await self.guard(self.response.aread())
+        body = await self.guard(self.response.read())
         try:
             completion = orjson.loads(body)
         except ValueError:
@@ -131,7 +133,7 @@ class UpstreamStream:
         content was read)."""
         try:
             return await awaitable
-        except httpx.HTTPError as exc:
+        except TransportError as exc:
             failure = failure_from_exception(exc, self.context)
             if self.content_seen:
                 failure.retryable = False
@@ -144,6 +146,8 @@ class UpstreamStream:
     async def close(self) -> None:
         """Close the HTTP answer (an unfinished one closes its connection: the upstream stops generating)."""
         try:
-            await self.response.aclose()
+            # An answer that ended properly may still have its last bytes on the way: wait a moment for
+            # them, so that the connection is kept for the next request.
+            await self.response.close(drain=_DRAIN if self.ended else 0.0)
         finally:
             self.lease.close()

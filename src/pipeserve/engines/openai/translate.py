@@ -1,8 +1,10 @@
 """`ChatParams` to the body of an OpenAI-compatible `POST /chat/completions`.
 
 Every field of the contract passes on, with these choices:
-- always `stream: true` with `stream_options.include_usage`, so one code path serves plain and streamed
-  clients and chunks pass through as they come;
+- a streamed request is streamed from the upstream with `stream_options.include_usage` (chunks pass through
+  as they come, with the usage at the end); a plain one asks for a plain answer: one JSON body to read
+  rather than an event per token (in front of a fast upstream, ~0.15 ms less per request,
+  bench/gateway.py), read by the same code as the chunks;
 - sampling fields at their OpenAI defaults are left out, so the upstream's own defaults apply (the same
   for OpenAI; vLLM's come from the model's generation_config, which is what its users expect);
 - `metadata` and `store` are pipeserve's own (logging) and stay here: OpenAI refuses `metadata` without
@@ -102,8 +104,9 @@ def request_body(
         body["response_format"] = response_format_json(params)
     if params.user is not None:
         body["user"] = params.user
-    body["stream"] = True
-    body["stream_options"] = {"include_usage": True}
+    if params.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
     return body
 
 
