@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import func, insert, select
 
 from pipeserve.errors import StoreUnavailableError
 from pipeserve.service import logs as service
@@ -258,11 +258,11 @@ async def small_disk(tmp_path: Path) -> AsyncIterator[tuple[Database, Callable[[
             cursor.execute(f"PRAGMA max_page_count={pages + cap[0]}")
             cursor.close()
 
-    event.listen(db.engine.sync_engine, "connect", on_connect)
+    db.on_connect(on_connect)
 
     async def limit(extra_pages: int | None) -> None:
         cap[0] = extra_pages
-        await db.engine.dispose()  # every connection from now on has the cap (or none)
+        await db.reconnect()  # every connection from now on has the cap (or none)
 
     yield db, limit
     await db.close()

@@ -25,12 +25,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, insert, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import text
 
 from pipeserve.errors import StoreUnavailableError
 from pipeserve.store.db import Database, describe, is_refused, is_unavailable
 from pipeserve.store.spill import SpillFile, SpillLockedError
+from pipeserve.store.sqlite_rows import Batch
 from pipeserve.store.tables import log_criteria, logs
 
 log = logging.getLogger("pipeserve.store")
@@ -104,11 +104,31 @@ class LogWriter:
             # shield: a client that leaves while its row is spilled must not leave the row half-moved
             await asyncio.shield(self._hold([row]))
             return
+        if self.backlog == 0 and await self._commit_now(row):
+            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((row, future))
         self._wake.set()
-        # shield: a client that leaves mid-commit must not cancel the commit other rows share
-        await asyncio.shield(future)
+        # A client that leaves cancels only its own future; its row is committed with the others all the same.
+        await future
+
+    async def _commit_now(self, row: Row) -> bool:
+        """With nothing queued, commit `row` in place if the store can without waiting (SQLite): no hand-off
+        to the writer's task. Whether it did (else `row` goes through the queue)."""
+        try:
+            if not self.db.insert_now(_batches([row], replay=False)):
+                return False
+        except Exception as error:
+            if is_refused(error):
+                log.exception("could not store a log row")
+                raise
+            self._went_away(error)
+            self._wake.set()  # the writer's task may be idle (commits went in place): it retries from now on
+            await asyncio.shield(self._hold([row]))
+            return True
+        self.commits += 1
+        self.rows += 1
+        return True
 
     async def close(self) -> None:
         """Commit what is queued (or spill it, if the store is away), then stop."""
@@ -139,6 +159,11 @@ class LogWriter:
         if self._pending and self.available:
             await self._commit_waiting(self._take_pending())
             return None if self.available else False
+        if self._pending:
+            # Queued while the store was there, which went away before their commit (a replay failed): their
+            # writers must not wait for it to come back.
+            waiting, self._pending = self._pending, []
+            await self._hold_waiting(waiting)
         if self._spill is not None and self._spill.rows:
             return await self._replay_spilled()
         if self._held:
@@ -279,22 +304,10 @@ class LogWriter:
     # --- storing ------------------------------------------------------------------------------------------------
 
     async def _store(self, rows: list[Row], *, replay: bool) -> None:
-        await self._deadline(self._insert(rows, replay=replay), f"a commit of {len(rows)} logs")
-
-    async def _insert(self, rows: list[Row], *, replay: bool) -> None:
-        values = [{k: v for k, v in row.items() if k != "judgements"} for row in rows]
-        judged = [j | {"log_id": row["id"]} for row in rows for j in row.get("judgements") or ()]
-        async with self.db.begin() as conn:
-            await conn.execute(self._insert_statement(logs, replay), values)
-            if judged:
-                await conn.execute(self._insert_statement(log_criteria, replay), judged)
-
-    def _insert_statement(self, table: Table, replay: bool) -> Any:
-        if not replay:
-            return insert(table)  # a duplicate id is the caller's error, and it hears of it
-        dialect = sqlite if self.db.is_sqlite else postgresql
-        keys = [column.name for column in table.primary_key]
-        return dialect.insert(table).on_conflict_do_nothing(index_elements=keys)
+        batches = _batches(rows, replay=replay)
+        if self.db.insert_now(batches):  # done in place, without waiting: no deadline to watch
+            return
+        await self._deadline(self.db.insert(batches), f"a commit of {len(rows)} logs")
 
     async def _deadline(self, work: Awaitable[None], what: str) -> None:
         """`work` within `timeout`, else StoreUnavailableError. A hung connection must not hold the writer (nor
@@ -388,6 +401,13 @@ class LogWriter:
                 why,
                 self.dropped,
             )
+
+
+def _batches(rows: list[Row], *, replay: bool) -> list[Batch]:
+    """The log rows and their judgements (`row["judgements"]`, given their log's id), for `Database.insert`."""
+    values = [{k: v for k, v in row.items() if k != "judgements"} for row in rows]
+    judged = [j | {"log_id": row["id"]} for row in rows for j in row.get("judgements") or ()]
+    return [(logs, values, replay), (log_criteria, judged, replay)]
 
 
 def _settle(batch: list[_Waiting], error: Exception | None) -> None:
