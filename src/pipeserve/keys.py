@@ -13,6 +13,7 @@ from pathlib import Path
 
 KEY_PREFIX = "ps-"
 DEFAULT_PROJECT = "default"
+_RACY_NS = 2_000_000_000  # a file modified this close to our read of it may have changed unseen since
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,32 @@ class KeyStore:
         self.path = path
         self._raw: bytes | None = None
         self._keys: list[StoredKey] = []
+        self._seen: tuple[int, int, int, int] | None = None  # the file's identity when last read
+        self._read_at = 0  # ns, when it was last read
 
     def all(self) -> list[StoredKey]:
-        # Read on every call (the file is tiny): timestamps and inodes can't be trusted to show a rewrite,
-        # and a revoked key must stop working at once.
+        # A revoked key must stop working at once, so the file is checked on every call: a stat, and a read
+        # only when it may have changed. Its identity (inode, size, mtime, ctime) changes with any rewrite
+        # (ours replace the file), unless the rewrite falls in the same timestamp tick as our last read: a
+        # file modified less than 2 s before that read (coarse clocks, "racy" as git calls it) is read again.
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._raw, self._keys, self._seen = None, [], None
+            return []
+        seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        if seen == self._seen and max(stat.st_mtime_ns, stat.st_ctime_ns) < self._read_at - _RACY_NS:
+            return self._keys
+        read_at = time.time_ns()
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            self._raw, self._keys = None, []
+            self._raw, self._keys, self._seen = None, [], None
             return []
         if raw != self._raw:
             self._keys = [StoredKey(**entry) for entry in json.loads(raw).get("keys", [])]
             self._raw = raw
+        self._seen, self._read_at = seen, read_at
         return self._keys
 
     def verify(self, key: str) -> bool:
@@ -89,4 +104,4 @@ class KeyStore:
         tmp.write_text(json.dumps({"keys": [asdict(k) for k in keys]}, indent=2))
         os.chmod(tmp, 0o600)
         tmp.replace(self.path)
-        self._raw = None
+        self._raw, self._seen = None, None

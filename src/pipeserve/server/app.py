@@ -15,6 +15,7 @@ from pipeserve import __version__
 from pipeserve.errors import UnsafeBindError
 from pipeserve.keys import KeyStore
 from pipeserve.server.errors import install_error_handlers
+from pipeserve.server.hotpath import PipeserveApp
 from pipeserve.server.routes import chat, criteria, datasets, health, logs, models
 from pipeserve.service.cache import ResponseCache
 from pipeserve.service.chat import ChatService
@@ -138,13 +139,14 @@ def create_app(settings: Settings, reload: Callable[[], Settings] | None = None)
 
     # No redirect for a trailing slash: OpenAI's API answers an unknown path with a 404 error, and a redirect
     # of a POST is not followed by every client.
-    app = FastAPI(
+    app = PipeserveApp(
         title="pipeserve",
         version=__version__,
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
         redirect_slashes=False,
+        hot_paths=frozenset(f"{prefix}/chat/completions" for prefix in API_PREFIXES),
     )
     install_error_handlers(app)
     for prefix in API_PREFIXES:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
@@ -18,6 +17,7 @@ from pipeserve.service.metrics import Metrics
 from pipeserve.service.models import ModelRegistry, ServedModel
 from pipeserve.service.outputs import ChoiceOutput
 from pipeserve.service.recording import Call
+from pipeserve.store.db import random_hex
 
 log = logging.getLogger("pipeserve.chat")
 
@@ -104,14 +104,17 @@ class _Run:
     async def deltas(self) -> AsyncIterator[Delta]:
         """The engine's deltas until every choice has finished; stops the engine's work however it ends."""
         last = 0.0
+        # The labelled histograms, looked up once: a lookup costs more than an observation.
+        ttft = itl = None
+        if self.metrics is not None:
+            ttft, itl = self.metrics.ttft.labels(self.label), self.metrics.itl.labels(self.label)
         try:
             async for step in self.generation:
                 if self.call is not None:
                     self.call.mark_first_token()
-                if self.metrics is not None:
+                if ttft is not None and itl is not None:
                     now = time.perf_counter()
-                    histogram = self.metrics.itl if last else self.metrics.ttft
-                    histogram.labels(self.label).observe(now - (last or self.started))
+                    (itl if last else ttft).observe(now - (last or self.started))
                     last = now
                 for delta in step:
                     if not 0 <= delta.index < len(self.choices) or self.choices[delta.index].finish_reason:
@@ -160,7 +163,7 @@ class ChatService:
         return _Run(
             params=params,
             generation=generation,
-            id=f"chatcmpl-{uuid.uuid4().hex}",
+            id=f"chatcmpl-{random_hex()}",
             created=int(time.time()),
             fingerprint=served.fingerprint,
             choices=[ChoiceOutput(i, params) for i in range(params.n)],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ class ServedModel:
     upstream_name: str | None = None
     provider: str | None = None
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """OpenAI's `system_fingerprint`: changes when the server version or the model changes."""
         return f"fp_{uuid.uuid5(uuid.NAMESPACE_URL, f'pipeserve/{__version__}/{self.config.id}').hex[:10]}"

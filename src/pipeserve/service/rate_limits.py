@@ -20,7 +20,6 @@ import hashlib
 import logging
 import math
 import time
-import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from pipeserve.protocol import chat_completions as wire
 from pipeserve.service.chat import EventStream, StreamEnd
 from pipeserve.service.rate_limit_backends import LEASE_MS, Backend, Bucket, MemoryBackend, RedisBackend, Verdict
 from pipeserve.settings import RateLimitRule, Settings
+from pipeserve.store.db import random_hex
 
 log = logging.getLogger("pipeserve.rate_limits")
 
@@ -166,7 +166,7 @@ class RateLimiter:
         """Admit a request of `key_id` to `model` (a served model's id), or raise the 429 of a limit reached."""
         key_name = self._key_name(key_id) if key_id and self._names_keys else None
         charges = self._charges(key_id, key_name, model, params)
-        ticket = Ticket(self, [c.bucket for c in charges if c.bucket.kind == "tokens"], uuid.uuid4().hex)
+        ticket = Ticket(self, [c.bucket for c in charges if c.bucket.kind == "tokens"], random_hex())
         if not charges:
             return ticket
         _refuse_too_large(charges, key_id, model)

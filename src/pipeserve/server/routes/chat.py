@@ -31,16 +31,41 @@ class _ClientGone(Exception):
 
 
 class _EventStreamResponse(StreamingResponse):
-    """Server-sent events whose stream is closed (its sequences freed) however the response ends."""
+    """Server-sent events, each sent as soon as it is made; the stream is closed (its sequences freed) however
+    the response ends, and a client that leaves cancels it.
+
+    Starlette's StreamingResponse (its headers, no Content-Length) without its way of sending: under uvicorn
+    (ASGI spec 2.3) that runs the body and a disconnect listener in an anyio task group, ~0.1 ms per stream
+    in front of a fast upstream (bench/gateway.py). Here one watcher task cancels this one when the client
+    goes, as for a plain answer."""
 
     def __init__(self, stream: EventStream, headers: dict[str, str]) -> None:
         super().__init__(stream, media_type="text/event-stream", headers=SSE_HEADERS | headers)
         self.stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            current.cancel()
+
+        watcher = asyncio.create_task(watch())
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in self.stream:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not (gone and current.uncancel() == 0):
+                raise  # the server itself is cancelling (shutting down); a client that left is no error
         finally:
+            watcher.cancel()
             await self.stream.aclose()
 
 
@@ -67,22 +92,29 @@ async def chat_completions(request: Request, principal: Authenticated) -> Respon
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it (and so freeing its sequences) if the client goes away first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    """Run `work` in this task, cancelling it (and so freeing its sequences) if the client goes away first.
+
+    One watcher task that cancels this one, rather than `work` in a task of its own raced against the watcher
+    with asyncio.wait: a task and a wait fewer on every plain request."""
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(request)
+        gone = True
+        current.cancel()
+
+    watcher = asyncio.create_task(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if gone and current.uncancel() == 0:
+            raise _ClientGone from None
+        raise  # the server itself is cancelling this request (shutting down)
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-    try:
-        return await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise  # the server itself is cancelling this request (shutting down)
-        raise _ClientGone from None
 
 
 async def _disconnected(request: Request) -> None:
