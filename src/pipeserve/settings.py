@@ -331,6 +331,21 @@ class Settings(BaseSettings):
         return rules
 
     log_level: str = Field(default="info", description="Log level of the server (debug, info, warning, error).")
+    # --- the web console (src/pipeserve/console) ---
+    console: bool = Field(
+        default=True,
+        description="Serve the web console at `/`: the request log, datasets, criteria, models and a playground. "
+        "While no API key exists it is open, as the API is; with keys it asks for one and shows that key's project.",
+    )
+    console_secret_file: Path | None = Field(
+        default=None,
+        description="File holding the secret that signs the console's session cookies, created (mode 0600) when "
+        "missing. Default: `console-secret` in `data_dir`. Replicas behind one load balancer share one file, so "
+        "that a sign-in works on each. Deleting it and restarting signs everyone out.",
+    )
+    console_session_hours: float = Field(
+        default=12.0, gt=0, description="How long a console sign-in lasts before the key is asked for again."
+    )
 
     @field_validator("models")
     @classmethod

@@ -156,4 +156,8 @@ def create_app(settings: Settings, reload: Callable[[], Settings] | None = None)
         app.include_router(datasets.router, prefix=prefix)
         app.include_router(criteria.router, prefix=prefix)
     app.include_router(health.router)
+    if settings.console:  # after the API's routes, which keep precedence
+        from pipeserve.console import console_router  # here: the console itself imports the server's modules
+
+        app.include_router(console_router(settings))
     return app
