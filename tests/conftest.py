@@ -17,6 +17,16 @@ import openai
 import pytest
 
 MODEL = "SmolLM2-135M-Instruct"
+# Every server of the run shares one weights directory: the weight format is measured and converted once
+# (`pytest_sessionstart`), not at each server's start in a fresh data directory.
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "build" / "weights"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from pipeserve.engines.llamacpp.options import embedded_gguf_path
+    from pipeserve.engines.llamacpp.weights import choose
+
+    choose(embedded_gguf_path(), WEIGHTS_DIR, threads=os.cpu_count() or 1, progress=False)
 
 
 def free_port() -> int:
@@ -47,7 +57,9 @@ class Server:
 
 
 def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PIPESERVE_", "OPENAI_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPESERVE_", "OPENAI_"))}
+    env["PIPESERVE_WEIGHTS_DIR"] = str(WEIGHTS_DIR)
+    return env
 
 
 def start_server(tmp: Path, *, config: str | None = None, extra_args: tuple[str, ...] = ()) -> Server:

@@ -172,6 +172,12 @@ class Settings(BaseSettings):
         default_factory=lambda: Path(platformdirs.user_data_dir("pipeserve")),
         description="Directory for pipeserve's own data: the API key hashes and the default SQLite store.",
     )
+    weights_dir: Path | None = Field(
+        default=None,
+        description="Where the llama.cpp engine keeps GGUF weights converted to the fastest faithful format for "
+        "this CPU, with the measurements that chose it (see the model option `weights`). Default: `weights` in "
+        "`data_dir`. Replicas and test runs may share one.",
+    )
     database_url: str | None = Field(
         default=None,
         description="Where logs, datasets and the response cache live: a SQLAlchemy URL such as "
@@ -462,6 +468,10 @@ class Settings(BaseSettings):
             if url.startswith(plain):
                 return driver + url[len(plain) :]
         return url
+
+    @property
+    def weights_path(self) -> Path:
+        return self.weights_dir or self.data_dir / "weights"
 
     @property
     def keys_file(self) -> Path:

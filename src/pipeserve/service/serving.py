@@ -44,7 +44,7 @@ async def start_engines(
     async def engine_for(config: ModelConfig) -> Engine:
         engine = reusable.pop(_identity(config), None)
         if engine is None:
-            engine = create_engine(config, max_waiting=settings.max_queued_requests)
+            engine = create_engine(config, max_waiting=settings.max_queued_requests, cache_dir=settings.weights_path)
             await engine.start()
             started.append(engine)
         return engine

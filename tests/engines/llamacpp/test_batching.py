@@ -152,6 +152,7 @@ id = "tiny"
 engine = "llamacpp"
 max_sequences = 16
 context_size = 8192
+long_context = 0  # no long-context lane: the window is the limit
 """
     server = start_server(tmp_path_factory.mktemp("small"), config=config)
     yield server  # type: ignore[misc]

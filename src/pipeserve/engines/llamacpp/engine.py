@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -19,6 +20,7 @@ from pipeserve.engines.llamacpp.output import TextGeneration, reading
 from pipeserve.engines.llamacpp.scheduler import Scheduler
 from pipeserve.engines.llamacpp.slots import Job, TextDelta
 from pipeserve.engines.llamacpp.templating import CHATML_TEMPLATE, ChatTemplate
+from pipeserve.engines.llamacpp.weights import CONVERSIONS, Choice, choose, convert, source_key
 from pipeserve.errors import (
     ContextLengthExceededError,
     EngineUnavailableError,
@@ -42,13 +44,15 @@ _ACCEPT_CHECK = 1.0  # seconds between looks at whether the engine a request wai
 
 
 class LlamaCppEngine(Engine):
-    def __init__(self, config: ModelConfig, *, max_waiting: int) -> None:
+    def __init__(self, config: ModelConfig, *, max_waiting: int, cache_dir: Path | None = None) -> None:
         try:
             self.options = LlamaCppOptions.model_validate(config.engine_options)
         except ValidationError as exc:
             raise ValueError(f"model {config.id!r}: invalid llama.cpp options: {exc}") from exc
         self.model_id = config.id
         self.max_waiting = max_waiting
+        self.cache_dir = cache_dir  # converted weights live here (weights.py)
+        self._weights: Choice | None = None  # the file and repack setting served, once chosen
         self.capabilities = Capabilities(reasoning=self.options.reasoning)
         self._model: LlamaModel | None = None
         self._scheduler: Scheduler | None = None
@@ -97,18 +101,25 @@ class LlamaCppEngine(Engine):
                 with contextlib.suppress(Exception):
                     scheduler.abandon(gone)
             finally:
+                if scheduler.long is not None:
+                    scheduler.long.model.close()  # its context, before the weights it shares
                 model.close()
 
     def _load(self) -> tuple[LlamaModel, Scheduler]:
         options = self.options
-        path = options.resolved_path()
+        threads = options.threads or os.cpu_count() or 1
+        if self._weights is None:
+            self._weights = self._choose_weights(threads)
+        path = self._weights.path
         model = LlamaModel(
             path,
             n_ctx=options.total_cells,
             n_seq_max=options.max_sequences,
             n_batch=options.batch_size,
-            threads=options.threads or os.cpu_count() or 1,
+            threads=threads,
+            repack=self._weights.repack,
         )
+        lane: LlamaModel | None = None
         try:
             source = options.chat_template or model.meta("tokenizer.chat_template") or CHATML_TEMPLATE
             self._template = ChatTemplate(
@@ -123,17 +134,48 @@ class LlamaCppEngine(Engine):
                 dispatch=self._dispatch,
                 flush=self._flush,
             )
+            cells = options.long_context if options.long_context is not None else model.n_ctx_train
+            if cells > model.n_ctx_seq:
+                lane = LlamaModel(
+                    path, n_ctx=cells, n_seq_max=1, n_batch=options.batch_size, threads=threads, weights=model
+                )
+                scheduler.long = Scheduler(
+                    lane,
+                    n_slots=1,
+                    batch_size=options.prefill_chunk,  # each of its steps stays short for the batch
+                    prefill_chunk=options.prefill_chunk,
+                    max_waiting=self.max_waiting,
+                    dispatch=self._dispatch,
+                )
         except BaseException:
+            if lane is not None:
+                lane.close()
             model.close()
             raise
         log.info(
-            "%s: loaded %s (%d sequences of %d KV cells each)",
+            "%s: loaded %s%s (%d sequences of %d KV cells each%s)",
             self.model_id,
             path,
+            ", repacked" if self._weights.repack else "",
             options.max_sequences,
             model.n_ctx_seq,
+            f", and a long-context lane of {lane.n_ctx_seq}" if lane is not None else "",
         )
         return model, scheduler
+
+    def _choose_weights(self, threads: int) -> Choice:
+        source = self.options.resolved_path()
+        wanted = self.options.weights
+        if wanted == "original" or self.cache_dir is None:
+            return Choice(source, repack=False, name="original")
+        if wanted == "auto":
+            return choose(source, self.cache_dir, threads=threads)
+        target = self.cache_dir / f"{source.stem}.{source_key(source)}.{wanted}.gguf"
+        if not target.is_file():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            log.info("%s: converting %s to %s", self.model_id, source.name, wanted)
+            convert(source, target, CONVERSIONS[wanted], threads=threads)
+        return Choice(target, repack=False, name=wanted)
 
     async def close(self) -> None:
         self._closing = True  # a thread between a crash and its reload stops there
@@ -159,7 +201,14 @@ class LlamaCppEngine(Engine):
     # --- requests -------------------------------------------------------------------------------------------
     @property
     def context_window(self) -> int:
-        model = self._require_model()
+        """The most tokens one request may use: the long-context lane's, else a sequence's window."""
+        scheduler = self._scheduler
+        if scheduler is not None and scheduler.long is not None:
+            return self._window(scheduler.long.model)
+        return self._window(self._require_model())
+
+    @staticmethod
+    def _window(model: LlamaModel) -> int:
         return min(model.n_ctx_train or model.n_ctx_seq, model.n_ctx_seq)
 
     async def generate(self, params: ChatParams) -> TextGeneration:
@@ -215,7 +264,8 @@ class LlamaCppEngine(Engine):
         model = self._require_model()
         add_bos = model.add_bos and not prompt_text.startswith(model.token_text(model.bos))
         job.prompt = model.tokenize(prompt_text, add_special=add_bos)
-        window = self.context_window
+        window = self.context_window  # the whole context one request may use (the long lane's, if any)
+        short = self._window(model)  # one sequence's window in the batch
         prompt = len(job.prompt)
         if job.schema is not None:
             self._prepare_constraint(job, params)
@@ -226,7 +276,8 @@ class LlamaCppEngine(Engine):
                 f"(got {params.n}). Lower n, or raise the model's max_sequences.",
                 param="n",
             )
-        # Each choice decodes in its own KV stream of `window` cells, which must hold prompt and completion.
+        # Each choice decodes in its own KV stream, which must hold prompt and completion: one of the batch's
+        # (`short` cells) when they fit, else the long-context lane's.
         hint = ""
         if window < model.n_ctx_train or not model.n_ctx_train:  # the server's configuration is the limit
             hint = (
@@ -234,20 +285,31 @@ class LlamaCppEngine(Engine):
                 "the model's context_size or lower its max_sequences.)"
             )
         if params.max_tokens is None:
-            job.max_tokens = window - prompt
+            # No budget asked: the batch's window when the prompt leaves at least half of it for the answer;
+            # else the whole context, in the long lane.
+            job.long = window > short and 2 * prompt > short
+            job.max_tokens = (window if job.long else short) - prompt
             if job.max_tokens < 1:
                 raise ContextLengthExceededError(
                     f"This model's maximum context length is {window} tokens. However, your messages "
                     f"resulted in {prompt} tokens. Please reduce the length of the messages.{hint}",
                     param="messages",
                 )
-            return
-        if prompt + params.max_tokens > window:
+        elif prompt + params.max_tokens > window:
             raise ContextLengthExceededError(
                 f"This model's maximum context length is {window} tokens. However, you requested "
                 f"{prompt + params.max_tokens} tokens ({prompt} in the messages, {params.max_tokens} in the "
                 f"completion). Please reduce the length of the messages or completion.{hint}",
                 param="messages",
+            )
+        else:
+            job.long = prompt + params.max_tokens > short
+        if job.long and params.n > 1:
+            raise InvalidRequestError(
+                f"This request needs {prompt + job.max_tokens} tokens of context, more than a sequence of the batch "
+                f"holds ({short}): it runs in the long-context lane, which decodes one sequence, so n must be 1 "
+                f"(got {params.n}). Lower n, or shorten the request.",
+                param="n",
             )
 
     def _prepare_constraint(self, job: Job, params: ChatParams) -> None:

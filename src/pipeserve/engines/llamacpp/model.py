@@ -31,20 +31,42 @@ def _on_log(level: int, text: bytes, _user: Any) -> None:
 _LOG_CALLBACK = llama.llama_log_callback(_on_log)
 
 
+def route_logs() -> None:
+    """llama.cpp's warnings and errors to our log; its chatter (loading, quantizing) nowhere."""
+    llama.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+
+
 class LlamaModel:
     """The model, its vocabulary and one context holding the KV cache of all sequences, one stream each."""
 
-    def __init__(self, path: Path, *, n_ctx: int, n_seq_max: int, n_batch: int, threads: int) -> None:
-        llama.llama_backend_init()
-        llama.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
-
-        model_params = llama.llama_model_default_params()
-        # ggml's AMX/repacked weight buffers crash on first decode on CPUs that advertise AMX under some
-        # hypervisors (DEVELOPERS.md, trap 1); plain buffers cost nothing measurable for Q4 models.
-        model_params.use_extra_bufts = False
-        self.model = llama.llama_model_load_from_file(str(path).encode(), model_params)
-        if not self.model:
-            raise RuntimeError(f"llama.cpp could not load {path}; is it a GGUF file?")
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_seq_max: int,
+        n_batch: int,
+        threads: int,
+        repack: bool = False,
+        weights: LlamaModel | None = None,
+    ) -> None:
+        """`weights`: another LlamaModel whose loaded weights this one shares, with a context of its own (the
+        long-context lane); it must outlive this one."""
+        self.owns_weights = weights is None
+        self.model: Any
+        if weights is not None:
+            self.model = weights.model
+        else:
+            llama.llama_backend_init()
+            route_logs()
+            model_params = llama.llama_model_default_params()
+            # Repacked weight buffers (ggml's "extra buffer types": AMX, or formats rearranged for SIMD) are
+            # only used when measured faster and not crashing on this CPU (weights.py): AMX kernels crash on
+            # the first decode on some hypervisors (DEVELOPERS.md, trap 1).
+            model_params.use_extra_bufts = repack
+            self.model = llama.llama_model_load_from_file(str(path).encode(), model_params)
+            if not self.model:
+                raise RuntimeError(f"llama.cpp could not load {path}; is it a GGUF file?")
         self.vocab = llama.llama_model_get_vocab(self.model)
         self.n_vocab: int = llama.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train: int = llama.llama_model_n_ctx_train(self.model)
@@ -63,7 +85,8 @@ class LlamaModel:
         ctx_params.kv_unified = False
         self.ctx = llama.llama_init_from_model(self.model, ctx_params)
         if not self.ctx:
-            llama.llama_model_free(self.model)
+            if self.owns_weights:
+                llama.llama_model_free(self.model)
             raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} cells for {path}")
         self.n_ctx: int = llama.llama_n_ctx(self.ctx)
         self.n_ctx_seq: int = llama.llama_n_ctx_seq(self.ctx)  # cells of each sequence's stream
@@ -76,7 +99,8 @@ class LlamaModel:
     def close(self) -> None:
         llama.llama_batch_free(self.batch)
         llama.llama_free(self.ctx)
-        llama.llama_model_free(self.model)
+        if self.owns_weights:
+            llama.llama_model_free(self.model)
 
     # --- metadata ------------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -53,6 +54,14 @@ class LlamaCppOptions(BaseModel):
         "holds max_sequences * sequence_window cells. Decode steps attend only over each sequence's own "
         "stream, so a large window costs memory, not speed.",
     )
+    long_context: int | None = Field(
+        default=None,
+        ge=0,
+        description="KV cells of the long-context lane: one more sequence, with a context of its own beside the "
+        "batch's streams, for requests whose prompt and completion don't fit one sequence's window; they wait "
+        "for it in turn. Default: the model's training context (when it is larger than the window). 0: no lane, "
+        "and such requests get a 400 `context_length_exceeded`.",
+    )
     batch_size: int = Field(
         default=512,
         ge=32,
@@ -69,6 +78,14 @@ class LlamaCppOptions(BaseModel):
         ge=0,
         description="No longer used: each sequence has its own KV stream, and an idle stream keeps its "
         "finished sequence as a prefix cache at no cost to the others. Accepted so that older configs load.",
+    )
+    weights: Literal["auto", "original", "Q8_0", "F16", "BF16"] = Field(
+        default="auto",
+        description="The format the weights are served in. `auto`: the fastest on this CPU among the file as "
+        "shipped and its faithful conversions (Q8_0, F16, BF16 where the CPU has bf16 instructions), with "
+        "llama.cpp's repacked weight buffers on or off, measured once at the first start and kept in "
+        "`weights_dir` (a lower-bit format is never chosen: it would change the model's answers). `original`: "
+        "the file as it is. A format name: that conversion, without measuring (repacking off).",
     )
     threads: int | None = Field(default=None, ge=1, description="CPU threads for llama.cpp. Default: all cores.")
     chat_template: str | None = Field(

@@ -5,6 +5,11 @@ next token of every generating sequence plus chunks of waiting prompts. Requests
 a prompt prefix already in the KV cache (of a running sequence, or of an idle one whose stream still holds
 its finished sequence) is reused or copied instead of computed; a cancelled request's sequences are removed
 before the next step.
+
+A request too long for one window (`Job.long`) runs in the long-context lane, when the engine gives one: a
+second scheduler over a context of its own on the same weights, with one stream as long as the model's
+context, stepped right after this one in the same loop. Its steps are capped at `prefill_chunk` tokens, so
+that a long prompt delays the batch's streams by one short step at a time.
 """
 
 from __future__ import annotations
@@ -68,6 +73,11 @@ class Scheduler:
         self.stopping = False
         self.heartbeat = time.monotonic()  # when the loop last began a turn; a stalled engine shows in /health
         self.snapshot = EngineStats(0, 0, 0, model.n_ctx)
+        self.long: Scheduler | None = None  # the long-context lane; only its queues and steps are used
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.prefilling or self.running)
 
     # --- the loop ------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -84,13 +94,18 @@ class Scheduler:
         self.flush()
 
     def _turn(self) -> None:
-        idle = not (self.waiting or self.prefilling or self.running)
+        long = self.long
+        idle = not (self.busy or (long is not None and long.busy))
         self._drain_inbox(block=idle)
         if self.stopping:
             return
         self._admit()
         if self.prefilling or self.running:
             self._step()
+        if long is not None:
+            long._admit()
+            if long.prefilling or long.running:
+                long._step()
 
     def _drain_inbox(self, *, block: bool) -> None:
         try:
@@ -124,10 +139,11 @@ class Scheduler:
             log.exception("could not prepare a request")
             accepted.set_exception(EngineError(f"the engine could not prepare the request: {exc}"))
             return
-        self.waiting.append(job)
-        self._admit()
-        if job in self.waiting and len(self.waiting) > self.max_waiting:
-            self.waiting.remove(job)
+        lane = self.long if job.long and self.long is not None else self
+        lane.waiting.append(job)
+        lane._admit()
+        if job in lane.waiting and len(lane.waiting) > self.max_waiting:
+            lane.waiting.remove(job)
             accepted.set_exception(
                 RateLimitError(
                     f"This model is at capacity and {self.max_waiting} requests are already waiting; "
@@ -141,6 +157,9 @@ class Scheduler:
     def _cancel(self, job: Job, choice: int | None, keep_cache: bool) -> None:
         """Stop one choice or the whole job; its sequences stop before the next step."""
         log.debug("stop job %x choice %s keep_cache %s", id(job), choice, keep_cache)
+        if job.long and self.long is not None:
+            self.long._cancel(job, choice, keep_cache)
+            return
         if job in self.waiting:
             if choice is None:
                 job.cancelled = True
@@ -162,6 +181,8 @@ class Scheduler:
     def _fail_all(self, error: PipeserveError, *, forget_cache: bool = False) -> None:
         """End every request with `error`. After a failed step the KV cache may hold half-written entries,
         so `forget_cache` empties idle streams too rather than reuse them as prefixes."""
+        if self.long is not None:
+            self.long._fail_all(error, forget_cache=forget_cache)
         for job in [*self.waiting, *self.prefilling, *self.running]:
             for slot in job.slots:
                 if slot.job is job:
@@ -191,14 +212,14 @@ class Scheduler:
         self.flush()
 
     def _update_snapshot(self) -> None:
-        held = sum(len(slot.tokens) for slot in self.slots if slot.job is not None)
-        cached = sum(len(slot.tokens) for slot in self.slots if slot.job is None)
+        lanes = [self] if self.long is None else [self, self.long]
+        slots = [slot for lane in lanes for slot in lane.slots]
         self.snapshot = EngineStats(
-            running_sequences=sum(1 for slot in self.slots if slot.job is not None),
-            waiting_requests=len(self.waiting),
-            kv_cells_used=held,
-            kv_cells_total=self.model.n_ctx,
-            kv_cells_cached=cached,
+            running_sequences=sum(1 for slot in slots if slot.job is not None),
+            waiting_requests=sum(len(lane.waiting) for lane in lanes),
+            kv_cells_used=sum(len(slot.tokens) for slot in slots if slot.job is not None),
+            kv_cells_total=sum(lane.model.n_ctx for lane in lanes),
+            kv_cells_cached=sum(len(slot.tokens) for slot in slots if slot.job is None),
         )
 
     # --- admission -------------------------------------------------------------------------------------

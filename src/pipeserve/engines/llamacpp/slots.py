@@ -42,6 +42,7 @@ class Job:
     # Waiting for another job's prompt prefill to reach this many shared tokens, to copy them.
     follow: tuple[Job, int] | None = None
     cached_tokens: int = 0
+    long: bool = False  # too long for a sequence's window: runs in the long-context lane
     cancelled: bool = False
     failed: PipeserveError | None = None
 

@@ -3,6 +3,7 @@ another pipeserve), over one or more replicas."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -10,7 +11,8 @@ if TYPE_CHECKING:
     from pipeserve.settings import ModelConfig
 
 
-def create_engine(config: ModelConfig, *, max_waiting: int) -> Engine:
+def create_engine(config: ModelConfig, *, max_waiting: int, cache_dir: Path | None = None) -> Engine:
+    del cache_dir  # nothing of a remote model is kept here
     # Imported here so that listing the engines (docs, config checks) loads no HTTP client.
     from pipeserve.engines.openai.engine import OpenAIEngine
 

@@ -1,0 +1,302 @@
+"""The weight format a GGUF model is served in: the fastest faithful one for this CPU, chosen once.
+
+A shipped GGUF is often quantized for size (the embedded SmolLM2 is Q4_1), and x86 llama.cpp has no batched
+matrix kernel for every format: measured on a 2-vCPU EPYC, the same weights re-quantized to Q8_0 prefilled 2x
+faster and decoded 16 sequences 1.6x faster than Q4_1 (bench/NOTES.md). Q8_0 rounds each weight by at most
+~1/17 of a Q4_1 step, and F16/BF16 hold Q4_1's values exactly: the behaviour is kept (bench/weights.py
+measures greedy outputs, top-1 agreement and perplexity against the shipped file). Lower-bit formats (Q4_0)
+lose information and are never candidates.
+
+At the first start, each candidate (the file as shipped, and Q8_0, F16 and, where the CPU has bf16
+instructions, BF16 conversions of it) is measured with llama.cpp's repacked weight buffers on and off, each
+in a child process: ggml's AMX kernels crash some CPUs on their first decode, and a crash must cost only
+that candidate. The fastest on a reference mix of prompt and decode tokens is kept under
+`<data_dir>/weights/`, with the measurements beside it in JSON, and reused while the source file is
+unchanged. A model opts out with `weights = "original"`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("pipeserve.llamacpp")
+
+# llama.cpp's file types (llama_ftype) for the conversions we consider faithful.
+CONVERSIONS = {"Q8_0": 7, "F16": 1, "BF16": 32}
+PROBE_TIMEOUT = 300.0  # seconds for one candidate's measurement
+# The reference mix: prompt tokens prefilled (one sequence, chunks of 256) and tokens decoded by 16 sequences
+# together, about W2's proportions in bench/serving.py (distinct ~450-token prompts, 128 tokens out).
+MIX_PROMPT = 3.5
+MIX_DECODE = 1.0
+_PASSES = 2
+_PROBE_SEQS = 16
+_PROBE_PREFILL = 256
+_PROBE_STEPS = 24
+_PROBE_TEXT = (
+    "The history of computing is a story of abstraction: each generation of engineers built tools that let the "
+    "next one forget the details below. Vacuum tubes gave way to transistors, transistors to integrated "
+    "circuits, and assembly language to compilers that could translate human intent into machine code. "
+)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One candidate's speed: tokens/s of prefill and of 16-sequence decoding; `None` fields if it failed."""
+
+    name: str  # original | Q8_0 | F16 | BF16
+    repack: bool
+    prefill: float | None = None
+    decode: float | None = None
+    failure: str | None = None
+
+    @property
+    def cost(self) -> float:
+        """Seconds per token of the reference mix (lower is faster); infinite for a failed candidate."""
+        if not self.prefill or not self.decode:
+            return float("inf")
+        return (MIX_PROMPT / self.prefill + MIX_DECODE / self.decode) / (MIX_PROMPT + MIX_DECODE)
+
+
+@dataclass(frozen=True)
+class Choice:
+    path: Path
+    repack: bool
+    name: str
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def source_key(source: Path) -> str:
+    """What identifies a source file's contents cheaply: its name, size and modification time."""
+    stat = source.stat()
+    return hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def choose(source: Path, cache_dir: Path, *, threads: int, progress: bool = True) -> Choice:
+    """The file and repack setting to serve `source` with, measured once and kept under `cache_dir`."""
+    key = source_key(source)
+    record_path = cache_dir / f"{source.stem}.{key}.json"
+    recorded = _read_record(record_path, source)
+    if recorded is not None:
+        return recorded
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    names = ["Q8_0", "F16"] + (["BF16"] if cpu_has_bf16() else [])
+    files: dict[str, Path] = {"original": source}
+    bar = _Progress(len(names) + _PASSES * 2 * (len(names) + 1), enabled=progress)
+    for name in names:
+        bar.step(f"converting {source.name} to {name}")
+        target = cache_dir / f"{source.stem}.{key}.{name}.gguf"
+        try:
+            convert(source, target, CONVERSIONS[name], threads=threads)
+        except RuntimeError as exc:
+            log.warning("%s: could not convert to %s: %s", source.name, name, exc)
+            continue
+        files[name] = target
+    # Each candidate twice, the second pass in the opposite order, keeping its faster run: other work on the
+    # machine then weighs on every candidate alike.
+    candidates = [(name, path, repack) for name, path in files.items() for repack in (False, True)]
+    runs: dict[tuple[str, bool], Measured] = {}
+    for order in range(_PASSES):
+        for name, path, repack in candidates if order % 2 == 0 else candidates[::-1]:
+            bar.step(f"measuring {name}{' (repacked)' if repack else ''}")
+            if (name, repack) in runs and runs[name, repack].failure is not None:
+                continue  # a crash is no accident: no second try
+            run = measure_in_child(name, path, repack=repack, threads=threads)
+            if (name, repack) not in runs or run.cost < runs[name, repack].cost:
+                runs[name, repack] = run
+    bar.done()
+    results = list(runs.values())
+    best = min(results, key=lambda m: m.cost)
+    if best.cost == float("inf"):
+        log.warning("%s: no weight format could be measured; serving it as shipped", source.name)
+        best = Measured("original", False)
+    for name, path in files.items():
+        if name not in ("original", best.name):
+            path.unlink(missing_ok=True)
+    choice = Choice(files[best.name], best.repack, best.name)
+    record = {
+        "source": str(source.resolve()),
+        "key": key,
+        "chosen": {"name": best.name, "repack": best.repack, "path": str(choice.path)},
+        "measured": [asdict(m) | {"cost": None if m.cost == float("inf") else m.cost} for m in results],
+    }
+    record_path.write_text(json.dumps(record, indent=2))
+    log.info(
+        "%s: serving it as %s%s, the fastest faithful format here (%s)",
+        source.name,
+        best.name,
+        " with repacked weights" if best.repack else "",
+        ", ".join(_summary(m) for m in results),
+    )
+    return choice
+
+
+def _summary(m: Measured) -> str:
+    label = f"{m.name}{'+repack' if m.repack else ''}"
+    if m.failure is not None:
+        return f"{label}: failed"
+    return f"{label}: prefill {m.prefill:.0f} tok/s, decode x{_PROBE_SEQS} {m.decode:.0f} tok/s"
+
+
+def _read_record(record_path: Path, source: Path) -> Choice | None:
+    try:
+        record = json.loads(record_path.read_text())
+        chosen = record["chosen"]
+        path = Path(chosen["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if chosen.get("name") != "original" and not path.is_file():
+        return None  # the converted file was removed: measure again
+    return Choice(path if chosen.get("name") != "original" else source, bool(chosen.get("repack")), chosen["name"])
+
+
+def convert(source: Path, target: Path, ftype: int, *, threads: int) -> None:
+    """Write `source`'s weights in llama.cpp file type `ftype` to `target` (atomically)."""
+    import llama_cpp as llama
+
+    from pipeserve.engines.llamacpp.model import route_logs
+
+    route_logs()
+    partial = target.with_suffix(".partial")
+    params = llama.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads
+    params.allow_requantize = True
+    status = llama.llama_model_quantize(str(source).encode(), str(partial).encode(), ctypes.byref(params))
+    if status != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"llama_model_quantize returned {status}")
+    partial.replace(target)
+
+
+def measure_in_child(name: str, path: Path, *, repack: bool, threads: int) -> Measured:
+    """`probe` in a child process, so that a crashing kernel costs only this candidate."""
+    command = [sys.executable, "-m", "pipeserve.engines.llamacpp.weights", str(path), "--threads", str(threads)]
+    command += ["--repack"] if repack else []
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        return Measured(name, repack, failure=f"no result in {PROBE_TIMEOUT:.0f} s")
+    if done.returncode != 0:
+        why = f"exit status {done.returncode}" + (f": {done.stderr.strip()[-300:]}" if done.stderr.strip() else "")
+        return Measured(name, repack, failure=why)
+    try:
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        return Measured(name, repack, prefill=float(result["prefill"]), decode=float(result["decode"]))
+    except (ValueError, KeyError, IndexError) as exc:
+        return Measured(name, repack, failure=f"unreadable result: {exc}")
+
+
+def probe(path: Path, *, repack: bool, threads: int) -> dict[str, float]:
+    """Tokens/s of prefill (one sequence) and of decoding `_PROBE_SEQS` sequences together."""
+    import llama_cpp as llama
+
+    from pipeserve.engines.llamacpp.model import LlamaModel
+
+    model = LlamaModel(
+        path, n_ctx=_PROBE_SEQS * 512, n_seq_max=_PROBE_SEQS, n_batch=512, threads=threads, repack=repack
+    )
+    try:
+        tokens = model.tokenize(_PROBE_TEXT * 8, add_special=True)[:_PROBE_PREFILL]
+        batch = model.batch
+
+        def fill(entries: list[tuple[int, int, int]]) -> None:
+            batch.n_tokens = len(entries)
+            for i, (token, pos, seq) in enumerate(entries):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+                batch.seq_id[i][0] = seq
+                batch.logits[i] = False
+            batch.logits[len(entries) - 1] = True
+
+        def decode() -> None:
+            if model.decode() != 0:
+                raise RuntimeError("llama_decode failed")
+
+        fill([(t, i, 0) for i, t in enumerate(tokens)])  # warm-up, and a prompt for every sequence
+        decode()
+        for seq in range(1, _PROBE_SEQS):
+            llama.llama_memory_seq_cp(model.memory, 0, seq, -1, -1)
+        started = time.perf_counter()
+        rounds = 3
+        for _ in range(rounds):
+            model.seq_clear(0)
+            fill([(t, i, 0) for i, t in enumerate(tokens)])
+            decode()
+        prefill = rounds * len(tokens) / (time.perf_counter() - started)
+        position = len(tokens)
+        token = tokens[-1]
+        decode_once = [(token, position, seq) for seq in range(_PROBE_SEQS)]
+        fill(decode_once)
+        decode()  # warm-up of the batched decode
+        started = time.perf_counter()
+        for step in range(1, _PROBE_STEPS + 1):
+            fill([(token, position + step, seq) for seq in range(_PROBE_SEQS)])
+            for i in range(_PROBE_SEQS):
+                batch.logits[i] = True
+            decode()
+        decoded = _PROBE_STEPS * _PROBE_SEQS / (time.perf_counter() - started)
+        return {"prefill": prefill, "decode": decoded}
+    finally:
+        model.close()
+
+
+class _Progress:
+    """A one-line progress bar on stderr (only on a terminal, else log lines)."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        self.total = total
+        self.done_steps = 0
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.started = time.monotonic()
+
+    def step(self, what: str) -> None:
+        self.done_steps += 1
+        if not self.enabled:
+            return
+        if not self.tty:
+            log.info("choosing a weight format (%d/%d): %s", self.done_steps, self.total, what)
+            return
+        width = 30
+        filled = width * (self.done_steps - 1) // max(self.total, 1)
+        elapsed = time.monotonic() - self.started
+        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done_steps}/{self.total} {what} ({elapsed:.0f}s)"
+        sys.stderr.write(line.ljust(100))
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write("\r" + " " * 100 + "\r")
+            sys.stderr.flush()
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Measure one GGUF file's speed (a child process of `choose`).")
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--repack", action="store_true")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    result: dict[str, Any] = probe(args.path, repack=args.repack, threads=args.threads)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
