@@ -43,8 +43,10 @@ class OpenAIOptions(BaseModel):
     read_timeout: float = Field(
         default=120.0,
         gt=0,
-        description="Most seconds the upstream may stay silent: before its first byte (its queue and the "
-        "prefill) and between two chunks. Beyond it the request fails with 504 `upstream_timeout`.",
+        description="Most seconds the upstream may stay silent while streaming: before its first byte (its queue "
+        "and the prefill) and between two chunks. Beyond it the request fails with 504 `upstream_timeout`. A plain "
+        "(non-streamed) request is asked for a plain answer, which comes whole at the end: only `total_timeout` "
+        "bounds it.",
     )
     total_timeout: float = Field(
         default=600.0,
