@@ -10,9 +10,9 @@ lose information and are never candidates.
 At the first start, each candidate (the file as shipped, and Q8_0, F16 and, where the CPU has bf16
 instructions, BF16 conversions of it) is measured with llama.cpp's repacked weight buffers on and off, each
 in a child process: ggml's AMX kernels crash some CPUs on their first decode, and a crash must cost only
-that candidate. The fastest on a reference mix of prompt and decode tokens is kept under
-`<data_dir>/weights/`, with the measurements beside it in JSON, and reused while the source file is
-unchanged. A model opts out with `weights = "original"`.
+that candidate. The fastest on a reference mix of prompt and decode tokens is kept in `weights_dir` (by
+default the user's cache directory), with the measurements beside it in JSON, and reused while the source
+file is unchanged. A model opts out with `weights = "original"`.
 """
 
 from __future__ import annotations
