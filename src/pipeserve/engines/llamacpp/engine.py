@@ -101,8 +101,7 @@ class LlamaCppEngine(Engine):
                 with contextlib.suppress(Exception):
                     scheduler.abandon(gone)
             finally:
-                if scheduler.long is not None:
-                    scheduler.long.model.close()  # its context, before the weights it shares
+                scheduler.close_long()  # its context, before the weights it shares
                 model.close()
 
     def _load(self) -> tuple[LlamaModel, Scheduler]:
@@ -119,7 +118,6 @@ class LlamaCppEngine(Engine):
             threads=threads,
             repack=self._weights.repack,
         )
-        lane: LlamaModel | None = None
         try:
             source = options.chat_template or model.meta("tokenizer.chat_template") or CHATML_TEMPLATE
             self._template = ChatTemplate(
@@ -135,21 +133,25 @@ class LlamaCppEngine(Engine):
                 flush=self._flush,
             )
             cells = options.long_context if options.long_context is not None else model.n_ctx_train
+            if model.n_ctx_train:
+                cells = min(cells, model.n_ctx_train)
             if cells > model.n_ctx_seq:
-                lane = LlamaModel(
-                    path, n_ctx=cells, n_seq_max=1, n_batch=options.batch_size, threads=threads, weights=model
-                )
-                scheduler.long = Scheduler(
-                    lane,
-                    n_slots=1,
-                    batch_size=options.prefill_chunk,  # each of its steps stays short for the batch
-                    prefill_chunk=options.prefill_chunk,
-                    max_waiting=self.max_waiting,
-                    dispatch=self._dispatch,
-                )
+
+                def lane() -> Scheduler:
+                    context = LlamaModel(
+                        path, n_ctx=cells, n_seq_max=1, n_batch=options.batch_size, threads=threads, weights=model
+                    )
+                    return Scheduler(
+                        context,
+                        n_slots=1,
+                        batch_size=options.prefill_chunk,  # each of its steps stays short for the batch
+                        prefill_chunk=options.prefill_chunk,
+                        max_waiting=self.max_waiting,
+                        dispatch=self._dispatch,
+                    )
+
+                scheduler.long_lane(lane, cells)
         except BaseException:
-            if lane is not None:
-                lane.close()
             model.close()
             raise
         log.info(
@@ -159,7 +161,7 @@ class LlamaCppEngine(Engine):
             ", repacked" if self._weights.repack else "",
             options.max_sequences,
             model.n_ctx_seq,
-            f", and a long-context lane of {lane.n_ctx_seq}" if lane is not None else "",
+            f", and a long-context lane of {scheduler.long_cells} when needed" if scheduler.long_cells else "",
         )
         return model, scheduler
 
@@ -203,8 +205,8 @@ class LlamaCppEngine(Engine):
     def context_window(self) -> int:
         """The most tokens one request may use: the long-context lane's, else a sequence's window."""
         scheduler = self._scheduler
-        if scheduler is not None and scheduler.long is not None:
-            return self._window(scheduler.long.model)
+        if scheduler is not None and scheduler.long_cells:
+            return scheduler.long_cells
         return self._window(self._require_model())
 
     @staticmethod

@@ -9,7 +9,8 @@ before the next step.
 A request too long for one window (`Job.long`) runs in the long-context lane, when the engine gives one: a
 second scheduler over a context of its own on the same weights, with one stream as long as the model's
 context, stepped right after this one in the same loop. Its steps are capped at `prefill_chunk` tokens, so
-that a long prompt delays the batch's streams by one short step at a time.
+that a long prompt delays the batch's streams by one short step at a time. Its context (180 MiB of KV cache
+for SmolLM2's 8,192 tokens) is made for the first long request and freed after `LANE_IDLE_S` without one.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def _no_flush() -> None:
 
 # A job waits for a prompt being prefilled only when that saves at least this many tokens of prefill.
 _FOLLOW_GAIN = 16
+LANE_IDLE_S = 60.0  # seconds without a long request before the long-context lane's context is freed
 
 
 class Scheduler:
@@ -73,7 +75,19 @@ class Scheduler:
         self.stopping = False
         self.heartbeat = time.monotonic()  # when the loop last began a turn; a stalled engine shows in /health
         self.snapshot = EngineStats(0, 0, 0, model.n_ctx)
-        self.long: Scheduler | None = None  # the long-context lane; only its queues and steps are used
+        self.long: Scheduler | None = None  # the long-context lane, while it exists; only its queues and steps
+        self.long_cells = 0  # its context, when the engine gives one (0: none)
+        self._make_long: Callable[[], Scheduler] | None = None
+        self._long_used = 0.0
+
+    def long_lane(self, make: Callable[[], Scheduler], cells: int) -> None:
+        """Give this scheduler a long-context lane of `cells`, made by `make` when first needed."""
+        self._make_long, self.long_cells = make, cells
+
+    def close_long(self) -> None:
+        if self.long is not None:
+            lane, self.long = self.long, None
+            lane.model.close()
 
     @property
     def busy(self) -> bool:
@@ -106,6 +120,10 @@ class Scheduler:
             long._admit()
             if long.prefilling or long.running:
                 long._step()
+            if long.busy:
+                self._long_used = time.monotonic()
+            elif time.monotonic() - self._long_used > LANE_IDLE_S:
+                self.close_long()
 
     def _drain_inbox(self, *, block: bool) -> None:
         try:
@@ -139,6 +157,9 @@ class Scheduler:
             log.exception("could not prepare a request")
             accepted.set_exception(EngineError(f"the engine could not prepare the request: {exc}"))
             return
+        if job.long and self.long is None and self._make_long is not None:
+            self.long = self._make_long()
+            self._long_used = time.monotonic()
         lane = self.long if job.long and self.long is not None else self
         lane.waiting.append(job)
         lane._admit()

@@ -35,6 +35,7 @@ log = logging.getLogger("pipeserve.llamacpp")
 # llama.cpp's file types (llama_ftype) for the conversions we consider faithful.
 CONVERSIONS = {"Q8_0": 7, "F16": 1, "BF16": 32}
 PROBE_TIMEOUT = 300.0  # seconds for one candidate's measurement
+TIE = 0.05  # candidates this close to the fastest (relative cost) count as equally fast
 # The reference mix: prompt tokens prefilled (one sequence, chunks of 256) and tokens decoded by 16 sequences
 # together, about W2's proportions in bench/serving.py (distinct ~450-token prompts, 128 tokens out).
 MIX_PROMPT = 3.5
@@ -123,7 +124,10 @@ def choose(source: Path, cache_dir: Path, *, threads: int, progress: bool = True
                 runs[name, repack] = run
     bar.done()
     results = list(runs.values())
-    best = min(results, key=lambda m: m.cost)
+    fastest = min(m.cost for m in results)
+    # Within the measurement's noise of the fastest, the smaller file wins: less memory for the same speed.
+    near = [m for m in results if m.cost <= fastest * (1 + TIE)]
+    best = min(near, key=lambda m: (files[m.name].stat().st_size, m.cost)) if near else results[0]
     if best.cost == float("inf"):
         log.warning("%s: no weight format could be measured; serving it as shipped", source.name)
         best = Measured("original", False)
