@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -176,7 +176,8 @@ class Settings(BaseSettings):
         default=None,
         description="Where the llama.cpp engine keeps GGUF weights converted to the fastest faithful format for "
         "this CPU, with the measurements that chose it (see the model option `weights`). Default: `weights` in "
-        "`data_dir`. Replicas and test runs may share one.",
+        "the user's cache directory (~/.cache/pipeserve on Linux), shared by every data directory of the user, so "
+        "that the choice is measured once per machine rather than once per data directory.",
     )
     database_url: str | None = Field(
         default=None,
@@ -337,6 +338,14 @@ class Settings(BaseSettings):
         return rules
 
     log_level: str = Field(default="info", description="Log level of the server (debug, info, warning, error).")
+    omp_wait_policy: Literal["passive", "active"] = Field(
+        default="passive",
+        description="How llama.cpp's OpenMP threads wait between steps: `passive` sleeps, `active` spins. Spinning "
+        "shaves a little latency off an idle machine, but steals the CPUs from everything else on a busy one (the "
+        "event loop, the clients, other processes): measured on 2 vCPUs shared with the load generator, W1 ran at "
+        "13 tok/s spinning against 55 passive (docs/benchmarks.md). Applied as OMP_WAIT_POLICY when the server "
+        "starts, unless that variable is already set.",
+    )
     # --- the web console (src/pipeserve/console) ---
     console: bool = Field(
         default=True,
@@ -471,7 +480,7 @@ class Settings(BaseSettings):
 
     @property
     def weights_path(self) -> Path:
-        return self.weights_dir or self.data_dir / "weights"
+        return self.weights_dir or Path(platformdirs.user_cache_dir("pipeserve")) / "weights"
 
     @property
     def keys_file(self) -> Path:
