@@ -170,10 +170,14 @@ def main(argv: list[str] | None = None) -> int:
             speed = None if args.no_speed else measure_in_child(name, path, repack=False, threads=threads)
             rows.append((name, path.stat().st_size / 2**20, same, agree / total, math.exp(nll), speed))
 
-    print(f"\nSmolLM2-135M-Instruct; {len(PROMPTS)} prompts x {GREEDY_TOKENS} greedy tokens; perplexity over "
-          f"{len(text_tokens)} tokens; {threads} threads\n")
-    print("| weights | size MiB | greedy outputs identical | top-1 agreement | perplexity | prefill tok/s | "
-          "decode x16 tok/s |")
+    print(
+        f"\nSmolLM2-135M-Instruct; {len(PROMPTS)} prompts x {GREEDY_TOKENS} greedy tokens; perplexity over "
+        f"{len(text_tokens)} tokens; {threads} threads\n"
+    )
+    print(
+        "| weights | size MiB | greedy outputs identical | top-1 agreement | perplexity | prefill tok/s | "
+        "decode x16 tok/s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, size, same, agreement, ppl, speed in rows:
         prefill = f"{speed.prefill:.0f}" if speed and speed.prefill else "-"

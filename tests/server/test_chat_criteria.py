@@ -167,8 +167,9 @@ def test_the_openai_sdk_reads_a_judged_stream(server: Server) -> None:
 def test_a_judge_failure_is_an_error_entry_not_a_failed_request(server: Server) -> None:
     window = httpx.get(f"{server.v1}/models/{MODEL}", timeout=30).json()["context_window"]
     name = criterion(server)
-    # A prompt that just fits the model's window: the judge's prompt (instructions + this + the answer) can't.
-    long_message = "word " * int(window * 0.95)
+    # A prompt that just fits the model's window (the chat template adds a few dozen tokens, the answer 2): the
+    # judge's prompt (its instructions + this + the answer) can't.
+    long_message = "word " * (window - 80)
     completion = chat(server, [name], messages=[{"role": "user", "content": long_message}], max_tokens=2).json()
     result = completion["choices"][0]["criteria_results"][name]
     assert result["status"] == "error"

@@ -153,7 +153,7 @@ def test_judge_errors(server: Server) -> None:
         assert_error(client.post("/criteria/judge", json=bad), 400)
         assert_error(client.post("/criteria/judge", json=judge | {"extra": 1}), 400, "extra")
         # A judge that fails is this endpoint's error: a prompt beyond the judge's context.
-        too_long = judge | {"output": {"role": "assistant", "content": "word " * 3000}}
+        too_long = judge | {"output": {"role": "assistant", "content": "word " * 9000}}
         error = assert_error(client.post("/criteria/judge", json=too_long), 400)
         assert error["code"] == "judge_failed" and "context length" in error["message"]
 
@@ -181,7 +181,7 @@ def test_alignment(server: Server) -> None:
         {"input": INPUT, "output": OUTPUT, "label": "PASS"},
         {"input": INPUT, "output": {"role": "assistant", "content": "Go away, idiot."}, "label": "FAIL"},
         {"output": {"role": "assistant", "content": "Thanks for asking, happy to help!"}, "label": "PASS"},
-        {"input": INPUT, "output": {"role": "assistant", "content": "word " * 3000}, "label": "FAIL"},
+        {"input": INPUT, "output": {"role": "assistant", "content": "word " * 9000}, "label": "FAIL"},
     ]
     with api(server) as client:
         create(client, name, judge_settings={"max_tokens": 24})

@@ -95,7 +95,9 @@ def test_a_short_budget_still_gives_valid_json_with_finish_length(client: openai
     assert_valid(choice.message.content, PERSON)
     assert response.usage is not None and response.usage.completion_tokens <= budget
     if choice.finish_reason == "length":
-        assert response.usage.completion_tokens == budget
+        # Closed when the next token would have left too few to close the document: at the budget, or a few
+        # tokens short of it when that token's text needed a longer closing (Guide.take).
+        assert budget - 8 <= response.usage.completion_tokens <= budget
     else:
         assert choice.finish_reason == "stop"
 

@@ -230,7 +230,7 @@ async def test_a_judge_model_that_is_not_served_is_an_error_verdict(chat: ChatSe
 
 
 async def test_a_prompt_beyond_the_context_is_an_error_verdict(chat: ChatService) -> None:
-    verdict = await Judge(chat).judge(criterion(), HI, JudgeOutput(content="word " * 3000))
+    verdict = await Judge(chat).judge(criterion(), HI, JudgeOutput(content="word " * 9000))
     assert verdict.status == "error" and verdict.error_code == 400
     assert "context length" in (verdict.error_message or "")
 
@@ -239,7 +239,7 @@ async def test_alignment_counts_fail_as_the_positive_class(chat: ChatService) ->
     rows = [
         {"output": {"role": "assistant", "content": "Hello! Nice to meet you."}, "label": "PASS"},
         {"output": {"role": "assistant", "content": "Shut up."}, "label": "FAIL"},
-        {"output": {"role": "assistant", "content": "word " * 3000}, "label": "FAIL"},
+        {"output": {"role": "assistant", "content": "word " * 9000}, "label": "FAIL"},
     ]
     for threshold in (0.0, 1.0):
         request = validate(AlignmentRequest, {"rows": rows, "threshold": threshold})

@@ -22,6 +22,7 @@ id = "{MODEL}"
 engine = "llamacpp"
 max_sequences = 4
 context_size = 2048
+long_context = 0  # no long-context lane: the window is each request's limit here
 """
 WINDOW = 512
 

@@ -47,9 +47,7 @@ async def test_a_named_format_is_converted_without_measuring(tmp_path: Path) -> 
     engine = LlamaCppEngine(config, max_waiting=8, cache_dir=tmp_path)
     await engine.start()
     try:
-        params = ChatParams(
-            model=MODEL, messages=(ChatMessage("user", "Name a colour."),), max_tokens=8, logprobs=True
-        )
+        params = ChatParams(model=MODEL, messages=(ChatMessage("user", "Name a colour."),), max_tokens=8, logprobs=True)
         generation = await engine.generate(params)
         text = "".join([delta.content async for step in generation for delta in step])
         assert text
