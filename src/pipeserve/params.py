@@ -48,6 +48,8 @@ class ChatMessage:
     tool_call_id: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     reasoning: str | None = None
+    # An earlier spoken answer referred to by its `audio.id`: read as its transcript (pipeserve.audio).
+    audio_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,14 @@ class ResponseFormat:
     name: str | None = None
     description: str | None = None
     strict: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AudioOutput:
+    """`audio`: speak the answer in this voice (an OpenAI voice name) and format (`wav`, `pcm16`, ...)."""
+
+    format: str
+    voice: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +115,9 @@ class ChatParams:
     tool_choice: ToolChoice = "none"
     tool_name: str | None = None  # the function a `named` tool_choice names
     response_format: ResponseFormat | None = None
+    # A spoken answer (`audio`, with `modalities` ["text", "audio"]), made by pipeserve's speech stage.
+    audio: AudioOutput | None = None
     # Request fields pipeserve does not interpret itself (`reasoning_effort`, `service_tier`, `prediction`,
-    # `modalities`, `audio`, `verbosity`, `web_search_options`), as sent: only for engines whose capabilities
+    # `verbosity`, `web_search_options`), as sent: only for engines whose capabilities
     # say they pass them on; for the others they are a 400 at the edge.
     passthrough: dict[str, Any] = field(default_factory=dict)

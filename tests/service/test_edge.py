@@ -149,10 +149,8 @@ def test_orphan_fields_are_refused_by_name(field: str, value: Any) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("audio", {"format": "wav", "voice": "alloy"}),
         ("prediction", {"type": "content", "content": "x"}),
         ("web_search_options", {}),
-        ("modalities", ["text", "audio"]),
         ("reasoning_effort", "low"),
         ("verbosity", "low"),
         ("service_tier", "flex"),

@@ -259,12 +259,22 @@ class ResponseToolCall(BaseModel):
     function: ResponseFunctionCall
 
 
+class ResponseAudio(BaseModel):
+    """The spoken answer of a request with `audio`: base64 audio in the requested format, and its words."""
+
+    id: str
+    data: str
+    expires_at: int
+    transcript: str
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
     tool_calls: list[ResponseToolCall] | None = None
     function_call: ResponseFunctionCall | None = None
+    audio: ResponseAudio | None = Field(default=None, exclude_if=lambda v: v is None)  # only with `audio`
     # --- OpenPipe extension -------------------------------------------------------------------------------
     reasoning_content: str | None = None
 
@@ -341,6 +351,8 @@ class ChatCompletion(BaseModel):
     usage: Usage
     system_fingerprint: str | None = None
     service_tier: str | None = None
+    # --- Azure OpenAI's extension, while a content filter applies: the prompt's classification -------------
+    prompt_filter_results: list[dict[str, Any]] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -369,12 +381,22 @@ class ChunkToolCall(_Sparse):
     function: ChunkFunction
 
 
+class ChunkAudio(_Sparse):
+    """Part of a streamed spoken answer: the id first, transcript and base64 pcm16 fragments, `expires_at` last."""
+
+    id: str | None = None
+    data: str | None = None
+    expires_at: int | None = None
+    transcript: str | None = None
+
+
 class ChunkDelta(_Sparse):
     role: Literal["assistant"] | None = None
     content: str | None = None
     refusal: str | None = None
     tool_calls: list[ChunkToolCall] | None = None
     function_call: ChunkFunction | None = None
+    audio: ChunkAudio | None = None
     # --- OpenPipe extension -------------------------------------------------------------------------------
     reasoning_content: str | None = None
 
@@ -386,6 +408,8 @@ class ChunkChoice(BaseModel):
     finish_reason: FinishReason | None = None
     # --- OpenPipe extension: the judges' results, in one chunk after the content (op-criteria) -------------
     criteria_results: dict[str, CriterionResult] | None = Field(default=None, exclude_if=lambda v: v is None)
+    # --- Azure OpenAI's extension, while a content filter applies: the content so far, classified ----------
+    content_filter_results: dict[str, Any] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class ChatCompletionChunk(BaseModel):
@@ -396,3 +420,5 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+    # --- Azure OpenAI's extension: the prompt's classification, in a first chunk without choices -----------
+    prompt_filter_results: list[dict[str, Any]] | None = Field(default=None, exclude_if=lambda v: v is None)

@@ -27,6 +27,7 @@ from pipeserve.service.limits import Limits
 from pipeserve.service.models import ServedModel
 from pipeserve.service.rate_limits import RateLimiter, Ticket
 from pipeserve.service.recording import Call, Recorder, header_flag, log_decision, parse_tags
+from pipeserve.service.stages import StagedRequest, Stages
 from pipeserve.validation import validate
 
 log = logging.getLogger("pipeserve.chat")
@@ -45,6 +46,7 @@ class _Request:
     mode: CacheMode = OFF
     cache_key: str = ""
     criteria: tuple[Criterion, ...] = ()
+    staged: StagedRequest | None = None  # content filtering and speech, when the request has them
 
 
 class ChatCompletions:
@@ -57,6 +59,7 @@ class ChatCompletions:
         log_by_default: bool,
         limits: Limits | None = None,
         rate_limits: RateLimiter | None = None,
+        stages: Stages | None = None,
     ) -> None:
         self.chat = chat
         self.recorder = recorder
@@ -65,6 +68,7 @@ class ChatCompletions:
         self.log_by_default = log_by_default
         self.limits = limits or Limits()
         self.rate_limits = rate_limits or RateLimiter.off()
+        self.stages = stages or Stages([])
 
     async def handle(
         self, body: dict[str, Any], headers: Mapping[str, str], project: str, key_id: str | None
@@ -107,9 +111,9 @@ class ChatCompletions:
         wire_request = validate(wire.ChatCompletionRequest, body)
         self.limits.check_chat(wire_request)
         params = to_params(wire_request)
-        request = _Request(
-            body=body, call=call, params=params, served=self.chat.models.resolve(params.model), mode=cache_mode(headers)
-        )
+        served = self.chat.models.resolve(params.model)
+        params, staged = self.stages.prepare(call.project, served, params)
+        request = _Request(body=body, call=call, params=params, served=served, mode=cache_mode(headers), staged=staged)
         if request.mode.active:
             request.cache_key = cache_key(body, request.served.config.id)
         refs = requested_criteria(headers)
@@ -134,12 +138,16 @@ class ChatCompletions:
         if params.stream:
             grade = self._stream_grade(request) if request.criteria else None
             on_end = ticket.settling(self._on_stream_end(request))
-            return await ticket.streaming(self.chat.stream(params, request.call, on_end, grade, served))
+            stream = await ticket.streaming(self.chat.stream(params, request.call, on_end, grade, served))
+            return request.staged.stream(stream) if request.staged is not None else stream
         completion = await ticket.completing(self.chat.complete(params, request.call, served))
         raw = completion.model_dump_json()
-        await self._cache_put(request, raw)
+        await self._cache_put(request, raw)  # as the model answered: stages run again on a hit
         if request.criteria:
             completion = await self._grade(request, completion, best_first=True)
+            raw = completion.model_dump_json()
+        if request.staged is not None:  # after the judges, who read the text as written
+            completion = await request.staged.complete(completion)
             raw = completion.model_dump_json()
         await self._record(request, completion, raw, streamed=False)
         return raw
@@ -183,6 +191,8 @@ class ChatCompletions:
         params = request.params
         if not params.stream:
             completion = await self._grade(request, completion, best_first=True)
+            if request.staged is not None:
+                completion = await request.staged.complete(completion)
             raw = completion.model_dump_json()
             await self._record(request, completion, raw, streamed=False, cache_hit=True)
             return raw
@@ -191,16 +201,22 @@ class ChatCompletions:
             judged = await self._grade(request, completion, best_first=False)
             for chunk in replay(judged, params.include_usage, criteria=bool(request.criteria)):
                 yield sse(chunk.model_dump_json().encode())
+            if request.staged is not None:
+                judged = request.staged.merged(judged)
             await self._record(request, judged, judged.model_dump_json(), streamed=True, cache_hit=True)
             yield SSE_DONE
 
-        return EventStream(chunks())
+        stream = EventStream(chunks())
+        return request.staged.stream(stream) if request.staged is not None else stream
 
     def _on_stream_end(self, request: _Request) -> Any:
         async def on_end(completion: wire.ChatCompletion | None, error: PipeserveError | None) -> None:
             if completion is not None:
                 raw = completion.model_dump_json()
                 await self._cache_put(request, _unjudged(completion).model_dump_json() if request.criteria else raw)
+                if request.staged is not None:  # logged as the client received it
+                    completion = request.staged.merged(completion)
+                    raw = completion.model_dump_json()
                 await self._record(request, completion, raw, streamed=True)
             elif error is not None:
                 await self._record_error(request.call, error)

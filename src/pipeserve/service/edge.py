@@ -9,6 +9,7 @@ from typing import Any
 from pipeserve.errors import InvalidRequestError
 from pipeserve.params import (
     DEFAULTS,
+    AudioOutput,
     ChatMessage,
     ChatParams,
     ResponseFormat,
@@ -29,8 +30,6 @@ from pipeserve.structured.schema import check_schema
 
 # Fields pipeserve does not act on itself; only upstream engines that pass them on can honour them.
 _PASSTHROUGH = (
-    "audio",
-    "modalities",
     "prediction",
     "reasoning_effort",
     "service_tier",
@@ -95,8 +94,45 @@ def to_params(request: ChatCompletionRequest) -> ChatParams:
         tool_choice=tooling.choice,
         tool_name=tooling.name,
         response_format=response_format,
+        audio=_audio(request, stream),
         passthrough=_passthrough(request),
     )
+
+
+# OpenAI's audio formats; which of them this server can write is checked by the speech stage.
+_AUDIO_FORMATS = ("wav", "mp3", "flac", "opus", "pcm16", "aac")
+
+
+def _audio(request: ChatCompletionRequest, stream: bool) -> AudioOutput | None:
+    """`audio`, with `modalities` naming audio or unset; a streamed answer's audio is pcm16, as OpenAI streams it."""
+    spoken = request.modalities is not None and "audio" in request.modalities
+    if request.audio is None:
+        if spoken:
+            raise InvalidRequestError(
+                "'modalities' asks for audio, so 'audio' is required: add 'audio': {\"voice\": \"alloy\", "
+                '"format": "wav"}, or remove "audio" from \'modalities\'.',
+                param="audio",
+            )
+        return None
+    if request.modalities is not None and not spoken:
+        raise InvalidRequestError(
+            "'audio' is set but 'modalities' doesn't include \"audio\": use 'modalities': [\"text\", \"audio\"], "
+            "or remove 'audio'.",
+            param="modalities",
+        )
+    fmt = request.audio.format
+    if fmt not in _AUDIO_FORMATS:
+        raise InvalidRequestError(
+            f"Invalid 'audio.format' {fmt!r}: use one of {list(_AUDIO_FORMATS)}.", param="audio.format"
+        )
+    if stream and fmt != "pcm16":
+        raise InvalidRequestError(
+            f"A streamed answer's audio is sent as pcm16, so 'audio.format' must be \"pcm16\" with 'stream': true "
+            f"(got {fmt!r}). Ask for pcm16, or don't stream.",
+            param="audio.format",
+            code="unsupported_value",
+        )
+    return AudioOutput(fmt, request.audio.voice)
 
 
 @dataclass(frozen=True)
@@ -186,8 +222,6 @@ def _passthrough(request: ChatCompletionRequest) -> dict[str, Any]:
     """Fields pipeserve does not interpret, as sent: an upstream engine that knows them gets them; any other
     engine answers 400 naming the first (see `ChatService`). Values that ask for nothing are dropped."""
     fields = request.model_dump(include=set(_PASSTHROUGH), exclude_none=True, by_alias=True, mode="json")
-    if fields.get("modalities") == ["text"]:
-        del fields["modalities"]
     if fields.get("service_tier") in ("auto", "default"):
         del fields["service_tier"]
     return fields
@@ -198,7 +232,11 @@ def _message(index: int, message: Message) -> ChatMessage:
         return ChatMessage("function", message.content or "", name=message.name)
     if isinstance(message, AssistantMessage):
         return ChatMessage(
-            "assistant", _assistant_text(message), name=message.name, tool_calls=_assistant_calls(message)
+            "assistant",
+            _assistant_text(message),
+            name=message.name,
+            tool_calls=_assistant_calls(message),
+            audio_id=message.audio.id if message.audio is not None else None,
         )
     content = message.content
     if isinstance(content, str):
