@@ -54,6 +54,7 @@ from pipeserve.protocol.datasets import (
 from pipeserve.protocol.health import Health
 from pipeserve.protocol.logs import LatestLoggedCall, Log, LogList, ReportResponse, UpdateResponse
 from pipeserve.protocol.models import ModelCard, ModelList
+from pipeserve.protocol.models_api import DeletedModel, WeightsList
 from pipeserve.settings import Settings
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -87,10 +88,11 @@ class Pairs:
 
 @dataclass(frozen=True)
 class Fresh:
-    """A value made when the request is sent: a unique `name`, or the id of a new `dataset` or `criterion`
-    (so that deleting one doesn't leave every later request a 404)."""
+    """A value made when the request is sent: a unique `name`, or the id of a new `dataset` or `criterion`, or
+    the slug of a new trained `model` (queued only: the fuzzed servers train nothing), so that deleting one doesn't
+    leave every later request a 404."""
 
-    kind: Literal["name", "dataset", "criterion"]
+    kind: Literal["name", "dataset", "criterion", "model"]
 
 
 def nested(depth: int, inner: str = "1", kind: str = "[") -> Raw:
@@ -325,6 +327,11 @@ class Target:
         if fresh.kind == "dataset":
             response = self.client.post("/datasets", json={"name": self.unique()})
             return str(response.json()["id"])
+        if fresh.kind == "model":
+            slug = self.unique()
+            body = {"datasetId": self.dataset_id, "slug": slug, "trainingConfig": {"provider": "openpipe"}}
+            self.client.post("/models", json=body)
+            return slug
         name = self.unique()
         self.client.post("/criteria", json={"name": name, "instructions": "PASS if polite.", **CHEAP_JUDGE})
         return name
@@ -568,11 +575,56 @@ def _from_logs_bodies(t: Target) -> list[Any]:
     ]
 
 
+def _model_bodies(t: Target) -> list[Any]:
+    sft = {"num_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 0.5, "lora_rank": 4, "max_length": 256}
+    return [
+        {
+            "datasetId": t.dataset_id,
+            "slug": Fresh("name"),
+            "trainingConfig": {"provider": "openpipe", "baseModel": MODEL, "sft_hyperparameters": sft},
+            "pruningRuleIds": [],
+        },
+        {
+            "datasetId": t.dataset_id,
+            "slug": Fresh("name"),
+            "trainingConfig": {
+                "provider": "openpipe",
+                "enable_preference_tuning": True,
+                "preference_hyperparameters": {"variant": "APO Zero", "training_beta": 0.2, "adapter_weight": 0.5},
+            },
+            "evaluation": {"max_entries": 5, "criteria": [t.criterion]},
+        },
+    ]
+
+
 ROUTES: tuple[Route, ...] = (
     Route("POST /chat/completions", "POST", "/chat/completions", ChatCompletion, lambda _: valid_chats(False)),
     Route("POST /chat/completions (stream)", "POST", "/chat/completions", "stream", lambda _: valid_chats(True)),
     Route("GET /models", "GET", "/models", ModelList),
     Route("GET /models/{id}", "GET", "/models/{model_id}", ModelCard, params=lambda _: {"model_id": MODEL}),
+    Route("POST /models", "POST", "/models", ModelCard, _model_bodies),
+    Route(
+        "DELETE /models/{id}",
+        "DELETE",
+        "/models/{model_id}",
+        DeletedModel,
+        params=lambda _: {"model_id": Fresh("model")},
+    ),
+    # A queued model has no weights yet: 400s (a served model's id with `/weights` in it would answer its card).
+    Route(
+        "GET /models/{slug}/weights",
+        "GET",
+        "/models/{slug}/weights",
+        WeightsList,
+        params=lambda _: {"slug": Fresh("model")},
+    ),
+    Route(
+        "GET /models/{slug}/weights/{name}",
+        "GET",
+        "/models/{slug}/weights/{name}",
+        ModelCard,
+        params=lambda _: {"slug": Fresh("model"), "name": "model.gguf"},
+    ),
     Route("POST /report", "POST", "/report", ReportResponse, lambda t: [valid_report(t), {}]),
     Route("POST /report-anthropic", "POST", "/report-anthropic", ReportResponse, lambda t: [valid_anthropic_report(t)]),
     Route(

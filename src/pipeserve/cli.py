@@ -13,6 +13,7 @@ from pipeserve import __version__
 from pipeserve.commands import criteria as criteria_commands
 from pipeserve.commands import datasets as datasets_commands
 from pipeserve.commands import logs as logs_commands
+from pipeserve.commands import models as models_commands
 from pipeserve.commands.common import add_settings_flags, load_settings
 from pipeserve.keys import DEFAULT_PROJECT
 
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs_commands.register(commands)
     datasets_commands.register(commands)
     criteria_commands.register(commands)
+    models_commands.register(commands)
 
     reference = commands.add_parser("settings", help="Print the configuration reference (Markdown).")
     reference.set_defaults(handler=_settings_reference)

@@ -147,6 +147,32 @@ class RateLimitRule(BaseModel):
         return self
 
 
+class ContentFilterRule(BaseModel):
+    """One `[[content_filters]]` table: a content filter on the chat completions of a project and/or model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: str | None = Field(default=None, description="The project it covers; omitted: every project.")
+    model: str | None = Field(
+        default=None, description="The model it covers (an id, alias or `prefix:<model>` id); omitted: every model."
+    )
+    hate: Literal["low", "medium", "high", "off"] = Field(
+        default="medium", description="Lowest severity of hate filtered (`off`: annotated, never filtered)."
+    )
+    self_harm: Literal["low", "medium", "high", "off"] = Field(
+        default="medium", description="Lowest severity of self-harm filtered (`off`: annotated, never filtered)."
+    )
+    sexual: Literal["low", "medium", "high", "off"] = Field(
+        default="medium", description="Lowest severity of sexual content filtered (`off`: annotated, never filtered)."
+    )
+    violence: Literal["low", "medium", "high", "off"] = Field(
+        default="medium", description="Lowest severity of violence filtered (`off`: annotated, never filtered)."
+    )
+    jailbreak: bool = Field(
+        default=True, description="Refuse prompts detected as jailbreak attempts (false: annotated only)."
+    )
+
+
 def _embedded_models() -> list[ModelConfig]:
     return [
         ModelConfig(
@@ -337,6 +363,34 @@ class Settings(BaseSettings):
             scopes.add(scope)
         return rules
 
+    # --- spoken answers (`audio`, pipeserve.audio) and content filtering (pipeserve.moderation) ---
+    audio_engine: str = Field(
+        default="espeak",
+        description="Speech engine that speaks answers of requests with `audio`: a module under `pipeserve.audio` "
+        "(`espeak`: eSpeak NG, offline, shipped by the `espeakng-loader` package).",
+    )
+    audio_ttl_seconds: int = Field(
+        default=3600,
+        ge=1,
+        description="How long an answer's `audio.id` lasts (its `expires_at`): until then a later turn may refer "
+        "to it instead of repeating the words.",
+    )
+    audio_store_entries: int = Field(
+        default=100_000, ge=1, description="Most audio ids kept at once; beyond it the oldest are forgotten first."
+    )
+    content_filters: list[ContentFilterRule] = Field(
+        default_factory=list,
+        description="Content filters, as a TOML array of tables `[[content_filters]]` with `project` and `model` "
+        "(each omitted: all) and the lowest severity filtered per category: `hate`, `self_harm`, `sexual`, "
+        "`violence` (`low`, `medium` (default), `high`, `off`), and `jailbreak` (true: refuse detected attempts). "
+        "The most specific table that matches a request applies; none: no filtering, and no filter results in "
+        "responses (see docs/moderation.md).",
+    )
+    content_classifier: str = Field(
+        default="linear",
+        description="Classifier of the content filters: a module under `pipeserve.moderation` (`linear`: offline, "
+        "needs the `moderation` extra: `pip install 'pipeserve[moderation]'`).",
+    )
     log_level: str = Field(default="info", description="Log level of the server (debug, info, warning, error).")
     omp_wait_policy: Literal["passive", "active"] = Field(
         default="passive",
@@ -360,6 +414,48 @@ class Settings(BaseSettings):
     )
     console_session_hours: float = Field(
         default=12.0, gt=0, description="How long a console sign-in lasts before the key is asked for again."
+    )
+    # --- fine-tuning (src/pipeserve/finetune, docs/finetuning.md) ---
+    finetune_dir: Path | None = Field(
+        default=None,
+        description="Where models trained here live (a GGUF file and Hugging Face weights each). Default: "
+        "`fine-tunes` in `data_dir`. Replicas that share the store share this directory too, to serve each "
+        "other's models.",
+    )
+    finetune_max_jobs: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="Training jobs run at once on this machine (per fine-tunes directory); further jobs wait in "
+        "the queue. 0: this server trains nothing, leaving its queue to another server or to "
+        "`pipeserve models train`.",
+    )
+    finetune_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads a training job uses. Default: all cores."
+    )
+    finetune_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness of the training process: serving keeps priority on the CPUs while a model trains.",
+    )
+    finetune_gguf_type: Literal["Q8_0", "F16"] = Field(
+        default="Q8_0",
+        description="Format of the weights training changed in a trained model's GGUF file. Lower-bit formats "
+        "are not offered: re-quantized to Q4_1, a fine-tune of SmolLM2-135M lost what it had learnt.",
+    )
+    finetune_max_sequences: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Sequences a trained model decodes together, each with its base model's window: its KV "
+        "cache is this many windows (the base's default of 16 would hold ~380 MB for each SmolLM2 fine-tune).",
+    )
+    finetune_eval_entries: int = Field(
+        default=200,
+        ge=0,
+        description="Most TEST entries a trained model is compared on with its base model (exact match, and "
+        "the criteria a request names). 0: no evaluation.",
     )
 
     @field_validator("models")

@@ -13,10 +13,11 @@ from fastapi import FastAPI
 
 from pipeserve import __version__
 from pipeserve.errors import UnsafeBindError
+from pipeserve.finetune.jobs import FineTuning
 from pipeserve.keys import KeyStore
 from pipeserve.server.errors import install_error_handlers
 from pipeserve.server.hotpath import PipeserveApp
-from pipeserve.server.routes import chat, criteria, datasets, health, logs, models
+from pipeserve.server.routes import chat, criteria, datasets, health, logs, models, trained_models
 from pipeserve.service.cache import ResponseCache
 from pipeserve.service.chat import ChatService
 from pipeserve.service.completions import ChatCompletions
@@ -29,6 +30,7 @@ from pipeserve.service.models import ModelRegistry, ServedModel
 from pipeserve.service.rate_limits import RateLimiter
 from pipeserve.service.recording import Recorder
 from pipeserve.service.serving import Hangup, start_engines
+from pipeserve.service.stages import Stage, Stages
 from pipeserve.service.watchdog import EXIT_STATUS, watch_engines
 from pipeserve.settings import Settings
 from pipeserve.store.db import Database, open_database
@@ -59,6 +61,35 @@ def _exit(app: FastAPI) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def build_stages(settings: Settings) -> Stages:
+    """Content filtering (when `[[content_filters]]` are set), then speech (for requests with `audio`)."""
+    from pipeserve.audio import AudioStore, Speaker, load_engine
+    from pipeserve.audio.speech import AudioStage
+    from pipeserve.moderation import load_classifier
+    from pipeserve.moderation.filter import ContentFilterStage
+    from pipeserve.moderation.policy import PolicyBook
+
+    stages: list[Stage] = []
+    if settings.content_filters:
+        classifier = load_classifier(settings.content_classifier)
+        stages.append(ContentFilterStage(classifier, PolicyBook(settings.content_filters)))
+    speaker: Speaker | None = None
+    try:
+        speaker = Speaker(load_engine(settings.audio_engine))
+    except (ImportError, OSError, RuntimeError) as exc:  # a broken speech engine must not stop the text models
+        log.warning("speech engine %r unavailable (%s): requests with `audio` get a 400", settings.audio_engine, exc)
+    stages.append(AudioStage(speaker, AudioStore(settings.audio_ttl_seconds, settings.audio_store_entries)))
+    return Stages(stages)
+
+
+def close_stages(stages: Stages) -> None:
+    from pipeserve.audio.speech import AudioStage
+
+    for stage in stages.stages:
+        if isinstance(stage, AudioStage) and stage.speaker is not None:
+            stage.speaker.close()
+
+
 def create_app(settings: Settings, reload: Callable[[], Settings] | None = None) -> FastAPI:
     """`reload`: reads the settings again, for a reload on SIGHUP (`[[models]]` and `[[providers]]`)."""
 
@@ -74,6 +105,8 @@ def create_app(settings: Settings, reload: Callable[[], Settings] | None = None)
         writer: LogWriter | None = None
         watchdog: asyncio.Task[None] | None = None
         rate_limits: RateLimiter | None = None
+        stages: Stages | None = None
+        fine_tuning: FineTuning | None = None
         try:
             db = await open_database(settings.store_url, timeout=settings.store_timeout_seconds)
             writer = LogWriter(
@@ -84,7 +117,9 @@ def create_app(settings: Settings, reload: Callable[[], Settings] | None = None)
                 timeout=settings.store_timeout_seconds,
             )
             writer.start()
-            served, providers = await start_engines(settings, os.environ)
+            # The models trained here and DEPLOYED are served beside the configured ones.
+            fine_tuning = FineTuning(settings, db)
+            served, providers = await start_engines(await fine_tuning.load(), os.environ)
             registry = ModelRegistry(served, providers)
             app.state.settings = settings
             app.state.limits = Limits.from_settings(settings)
@@ -103,21 +138,26 @@ def create_app(settings: Settings, reload: Callable[[], Settings] | None = None)
             app.state.criteria = CriteriaService(db, settings.default_judge_model, registry.serves)
             app.state.judge = Judge(app.state.chat)
             await sync_config_criteria(app.state.criteria, settings)
+            stages = build_stages(settings)
+            grader = Grader(app.state.criteria, app.state.judge)
             app.state.completions = ChatCompletions(
                 app.state.chat,
                 app.state.recorder,
                 app.state.cache,
-                grader=Grader(app.state.criteria, app.state.judge),
+                grader=grader,
                 log_by_default=settings.log_requests,
                 limits=app.state.limits,
                 rate_limits=rate_limits,
+                stages=stages,
             )
             if settings.engine_exit_after_seconds > 0:
                 watchdog = asyncio.create_task(
                     watch_engines(registry, settings.engine_exit_after_seconds, lambda: _exit(app)), name="watchdog"
                 )
+            fine_tuning.start(registry, app.state.chat, grader, app.state.criteria)
+            app.state.fine_tuning = fine_tuning
             if reload is not None:
-                hangup = Hangup(registry, reload)
+                hangup = Hangup(registry, fine_tuning.serving.reloading(reload))
                 hangup.install()
             yield
         finally:
@@ -127,11 +167,15 @@ def create_app(settings: Settings, reload: Callable[[], Settings] | None = None)
                 await rate_limits.close()
             if hangup is not None:
                 hangup.stop()
+            if fine_tuning is not None:
+                await fine_tuning.close()
             engines = [*(m.engine for m in served), *(p.engine for p in providers)]
             if registry is not None:
                 engines += [engine for _, engine in registry.engines()]  # those a reload started
             for engine in {id(engine): engine for engine in engines}.values():
                 await engine.close()
+            if stages is not None:
+                close_stages(stages)
             if writer is not None:
                 await writer.close()
             if db is not None:
@@ -151,6 +195,7 @@ def create_app(settings: Settings, reload: Callable[[], Settings] | None = None)
     install_error_handlers(app)
     for prefix in API_PREFIXES:
         app.include_router(chat.router, prefix=prefix)
+        app.include_router(trained_models.router, prefix=prefix)  # before GET /models/{id}, which takes any path
         app.include_router(models.router, prefix=prefix)
         app.include_router(logs.router, prefix=prefix)
         app.include_router(datasets.router, prefix=prefix)

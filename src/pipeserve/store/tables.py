@@ -143,3 +143,30 @@ log_criteria = Table(
     Column("error_message", Text, nullable=True),
     Index("ix_log_criteria_name_score", "name", "score"),
 )
+
+# A model trained here (`POST /models`): its job while it is queued and trains, then the served model
+# `openpipe:<slug>`. Slugs are unique across projects, since the served names are.
+trained_models = Table(
+    "trained_models",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("project", String(100), nullable=False),
+    Column("slug", String(64), nullable=False),
+    Column("status", String(20), nullable=False),  # PENDING | TRAINING | DEPLOYED | ERROR
+    Column("base_model", String(200), nullable=False),
+    Column("dataset_id", String(40), nullable=False),
+    Column("request", Json, nullable=False),  # the trainingConfig and evaluation as sent
+    Column("plan", Json, nullable=False),  # the hyperparameters as resolved, what the job runs
+    Column("error_message", Text, nullable=True),
+    Column("progress", Json, nullable=True),  # phase, step/steps, loss, examples/s, time left
+    Column("result", Json, nullable=True),  # what training measured: examples, seconds, losses, peak memory
+    Column("evaluation", Json, nullable=True),  # exact match (and criteria) on TEST entries, against the base
+    Column("attempts", Integer, nullable=False),  # times a runner started the job (a restart runs it again)
+    Column("runner", String(200), nullable=True),  # host:pid of the process running it
+    Column("heartbeat_at", BigInteger, nullable=True),  # that process's last sign of life
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    UniqueConstraint("slug", name="uq_trained_models_slug"),
+    Index("ix_trained_models_project", "project", "created_at"),
+    Index("ix_trained_models_status", "status"),
+)
