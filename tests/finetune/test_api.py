@@ -10,11 +10,15 @@ import httpx
 import openai
 import pytest
 
+from pipeserve.finetune import missing_train_packages
 from pipeserve.protocol.models import ModelCard, ModelList
 from tests.conftest import MODEL, Server
 from tests.finetune.task import entries
 
-pytest.importorskip("gguf", reason="checking a base model's GGUF needs the train extra: pip install '.[train]'")
+# Refusals that come after the check for the train extra (a base model's GGUF is read with it).
+with_train_extra = pytest.mark.skipif(
+    bool(missing_train_packages()), reason="needs the train extra: pip install '.[train]'"
+)
 
 TURN = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
 
@@ -85,6 +89,7 @@ def _config(**config: Any) -> dict[str, Any]:
 SFT = "trainingConfig.sft_hyperparameters"
 
 
+@with_train_extra
 @pytest.mark.parametrize(
     ("change", "param", "words"),
     [
@@ -111,6 +116,7 @@ def test_bad_requests_are_400s_before_anything_runs(
     assert httpx.get(f"{server.v1}/models/{body['slug']}", timeout=30).status_code in (400, 404)
 
 
+@with_train_extra
 def test_datasets_that_cannot_train_are_refused(server: Server, datasets: dict[str, str]) -> None:
     error = error_of(create(server, valid(datasets, datasetId=datasets["test_only"])))
     assert "no TRAIN entries" in error["message"]
@@ -126,3 +132,11 @@ def test_unknown_and_configured_models_cannot_be_deleted_or_downloaded(server: S
     assert httpx.get(f"{server.v1}/models/no-such-model", timeout=30).status_code == 404
     assert httpx.get(f"{server.v1}/models/no-such-model/weights", timeout=30).status_code == 404
     assert httpx.get(f"{server.v1}/models/no-such-model/weights/model.gguf", timeout=30).status_code == 404
+
+
+@pytest.mark.skipif(not missing_train_packages(), reason="the train extra is installed here")
+def test_without_the_train_extra_training_is_a_400_saying_how_to_install_it(
+    server: Server, datasets: dict[str, str]
+) -> None:
+    error = error_of(create(server, valid(datasets)))
+    assert error["code"] == "train_extra_missing" and "pip install" in error["message"]
