@@ -23,21 +23,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import select
-
 from pipeserve.engines.llamacpp.options import LlamaCppOptions
 from pipeserve.finetune.plan import Plan
 from pipeserve.finetune.serving import fine_tunes_dir, model_dir
 from pipeserve.finetune.spec import TrainingSpec
 from pipeserve.finetune.store import TrainedModel, TrainedModelStore
-from pipeserve.store.tables import dataset_entries
 
 log = logging.getLogger("pipeserve.finetune")
 
 HEARTBEAT_SECONDS = 5.0
 STALE_MS = 60_000
 MAX_ATTEMPTS = 3
-ENTRY_PAGE = 500
 
 # What the runner does once a job's weights are written: serve the model (raises if it can't), then evaluate.
 Deploy = Callable[[TrainedModel], Awaitable[None]]
@@ -261,23 +257,10 @@ class Runner:
         counts = {"TRAIN": 0, "TEST": 0}
         files = {split: (directory / f"{split.lower()}.jsonl").open("w") for split in counts}
         try:
-            offset = 0
-            while True:
-                query = (
-                    select(dataset_entries)
-                    .where(dataset_entries.c.dataset_id == dataset_id)
-                    .order_by(dataset_entries.c.created_at, dataset_entries.c.id)
-                    .limit(ENTRY_PAGE)
-                    .offset(offset)
-                )
-                async with self.store.db.connect() as conn:
-                    rows = (await conn.execute(query)).all()
-                for row in rows:
-                    files[row.split].write(json.dumps(_entry(row)) + "\n")
-                    counts[row.split] += 1
-                if len(rows) < ENTRY_PAGE:
-                    return counts
-                offset += ENTRY_PAGE
+            async for row in self.store.entries(dataset_id):
+                files[row.split].write(json.dumps(_entry(row)) + "\n")
+                counts[row.split] += 1
+            return counts
         finally:
             for handle in files.values():
                 handle.close()

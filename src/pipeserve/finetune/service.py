@@ -32,7 +32,6 @@ from pipeserve.store.tables import dataset_entries, datasets
 from pipeserve.validation import validate
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_PAGE = 500
 
 
 def _not_found(name: str) -> NotFoundError:
@@ -206,32 +205,18 @@ class TrainingService:
         return counts
 
     async def _check_entries(self, dataset_id: str) -> None:
-        offset = 0
-        while True:
-            query = (
-                select(dataset_entries)
-                .where(dataset_entries.c.dataset_id == dataset_id)
-                .order_by(dataset_entries.c.created_at, dataset_entries.c.id)
-                .limit(_PAGE)
-                .offset(offset)
-            )
-            async with self.store.db.connect() as conn:
-                rows = (await conn.execute(query)).all()
-            for row in rows:
-                body: dict[str, Any] = {"model": "check", "messages": row.messages}
-                for key in ("tools", "tool_choice", "response_format"):
-                    if getattr(row, key) is not None:
-                        body[key] = getattr(row, key)
-                try:
-                    to_params(validate(ChatCompletionRequest, body))
-                except InvalidRequestError as exc:
-                    raise InvalidRequestError(
-                        f"Dataset entry {row.id} can't be shown to the model: {exc.message} Fix or delete the entry.",
-                        param="datasetId",
-                    ) from None
-            if len(rows) < _PAGE:
-                return
-            offset += _PAGE
+        async for row in self.store.entries(dataset_id):
+            body: dict[str, Any] = {"model": "check", "messages": row.messages}
+            for key in ("tools", "tool_choice", "response_format"):
+                if getattr(row, key) is not None:
+                    body[key] = getattr(row, key)
+            try:
+                to_params(validate(ChatCompletionRequest, body))
+            except InvalidRequestError as exc:
+                raise InvalidRequestError(
+                    f"Dataset entry {row.id} can't be shown to the model: {exc.message} Fix or delete the entry.",
+                    param="datasetId",
+                ) from None
 
     # --- reading and deleting -------------------------------------------------------------------------------
 

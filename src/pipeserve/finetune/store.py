@@ -7,6 +7,7 @@ given to another after a restart) learns so from a write that changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from pipeserve.service.values import has_nul
 from pipeserve.store.db import Database, now_ms
-from pipeserve.store.tables import trained_models
+from pipeserve.store.tables import dataset_entries, trained_models
 
 PREFIX = "openpipe:"
 
@@ -60,9 +61,31 @@ class SlugTakenError(Exception):
     pass
 
 
+ENTRY_PAGE = 500  # dataset entries read per query
+
+
 class TrainedModelStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    async def entries(self, dataset_id: str) -> AsyncIterator[Row[Any]]:
+        """A dataset's entries in their order, read a page at a time (a connection held per page only)."""
+        offset = 0
+        while True:
+            query = (
+                select(dataset_entries)
+                .where(dataset_entries.c.dataset_id == dataset_id)
+                .order_by(dataset_entries.c.created_at, dataset_entries.c.id)
+                .limit(ENTRY_PAGE)
+                .offset(offset)
+            )
+            async with self.db.connect() as conn:
+                rows = (await conn.execute(query)).all()
+            for row in rows:
+                yield row
+            if len(rows) < ENTRY_PAGE:
+                return
+            offset += ENTRY_PAGE
 
     async def insert(self, values: dict[str, Any]) -> TrainedModel:
         now = now_ms()
