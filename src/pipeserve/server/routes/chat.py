@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from fastapi import APIRouter
@@ -44,28 +45,15 @@ class _EventStreamResponse(StreamingResponse):
         self.stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        gone = False
-
-        async def watch() -> None:
-            nonlocal gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone = True
-            current.cancel()
-
-        watcher = asyncio.create_task(watch())
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            async for chunk in self.stream:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not (gone and current.uncancel() == 0):
-                raise  # the server itself is cancelling (shutting down); a client that left is no error
+            async with _cancelled_if_gone(receive):
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                async for chunk in self.stream:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except _ClientGone:
+            pass  # a client that left is no error
         finally:
-            watcher.cancel()
             await self.stream.aclose()
 
 
@@ -92,31 +80,35 @@ async def chat_completions(request: Request, principal: Authenticated) -> Respon
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run `work` in this task, cancelling it (and so freeing its sequences) if the client goes away first.
+    """Run `work` in this task, cancelling it (and so freeing its sequences) if the client goes away first."""
+    async with _cancelled_if_gone(request.receive):
+        return await work
 
-    One watcher task that cancels this one, rather than `work` in a task of its own raced against the watcher
-    with asyncio.wait: a task and a wait fewer on every plain request."""
+
+@asynccontextmanager
+async def _cancelled_if_gone(receive: Receive) -> AsyncIterator[None]:
+    """Run the block in this task; if the client goes away first, cancel it and raise `_ClientGone` (a cancel
+    of the server's own, at shutdown, passes through).
+
+    One watcher task that cancels this one, rather than the work in a task of its own raced against the watcher
+    (asyncio.wait, or Starlette's anyio task group for a stream): a task fewer on every request."""
     current = asyncio.current_task()
     assert current is not None
     gone = False
 
     async def watch() -> None:
         nonlocal gone
-        await _disconnected(request)
+        while (await receive())["type"] != "http.disconnect":
+            pass
         gone = True
         current.cancel()
 
     watcher = asyncio.create_task(watch())
     try:
-        return await work
+        yield
     except asyncio.CancelledError:
         if gone and current.uncancel() == 0:
             raise _ClientGone from None
-        raise  # the server itself is cancelling this request (shutting down)
+        raise
     finally:
         watcher.cancel()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
