@@ -93,6 +93,11 @@ class Reply:
         message: dict[str, Any] = {"role": "assistant", "content": "".join(self.pieces)}
         if self.reasoning:
             message[self.reasoning_field] = "".join(self.reasoning)
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": "".join(parts)}}
+                for i, (name, parts) in enumerate(self.tool_calls)
+            ]
         choices = [{"index": i, "message": message, "finish_reason": self.finish} for i in range(n)]
         return {"id": "chatcmpl-fake", "object": "chat.completion", "choices": choices, "usage": self.usage_json(n)}
 

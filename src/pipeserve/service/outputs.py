@@ -6,7 +6,7 @@ completion (what is logged and cached) are built the same way, from the same del
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pipeserve.engines.base import Delta, TokenLogprob
 from pipeserve.params import ChatParams
@@ -50,13 +50,16 @@ class ChoiceOutput:
     finish_reason: str | None = None
     _role_sent: bool = False
     _waiting: list[TokenLogprob] = field(default_factory=list)
+    _said: bool = False  # legacy functions: the answer is content (something other than whitespace was said)
+    _held: str = ""  # legacy functions: leading whitespace, until it is known whether a call or content comes
 
     @property
     def _text_only(self) -> bool:
         return not self.params.tools or self.params.tool_choice == "none"
 
-    def add(self, delta: Delta) -> None:
-        """Take one delta into the message (a plain response's path)."""
+    def add(self, delta: Delta) -> Delta:
+        """Take one delta into the message (a plain response's path); returns the delta as taken."""
+        delta = self._legacy(delta) if self.params.legacy_functions else delta
         if delta.content:
             self.content.append(delta.content)
         if delta.reasoning:
@@ -70,6 +73,33 @@ class ChoiceOutput:
             self.logprobs += delta.logprobs
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason
+        return delta
+
+    def _legacy(self, delta: Delta) -> Delta:
+        """A legacy-functions answer is a function call or content, never both, as OpenAI's are and as clients
+        that merge a stream onto its first chunk assume (the `openpipe` SDK fails on a `function_call` after
+        content). An engine may still report both (an upstream given the functions as tools): whatever comes
+        first decides, and the other is left out; whitespace at the start waits until it is known which."""
+        content, calls, finish = delta.content, delta.tool_calls, delta.finish_reason
+        if self.calls:
+            content = ""
+        elif self._said:
+            calls = []
+        else:
+            text, self._held = self._held + content, ""
+            if text.strip():
+                content, calls, self._said = text, [], True
+            elif calls:
+                content = ""
+            elif finish is not None:
+                content = text  # an answer of whitespace alone
+            else:
+                content, self._held = "", text
+        if finish == "tool_calls" and not (self.calls or calls):
+            finish = "stop"
+        if (content, calls, finish) == (delta.content, delta.tool_calls, delta.finish_reason):
+            return delta
+        return replace(delta, content=content, tool_calls=calls, finish_reason=finish)
 
     # --- a stream ------------------------------------------------------------------------------------------
     def opening(self) -> wire.ChunkDelta | None:
@@ -82,7 +112,7 @@ class ChoiceOutput:
     def chunk(self, delta: Delta) -> tuple[wire.ChunkDelta, wire.ChoiceLogprobs | None] | None:
         """Take one delta and shape it for a stream: the chunk delta and logprobs to send, or None when
         there is nothing to send yet. The finishing delta gets its own chunk (see `finish`)."""
-        self.add(delta)
+        delta = self.add(delta)
         if delta.logprobs:
             self._waiting += delta.logprobs
         out = wire.ChunkDelta()
