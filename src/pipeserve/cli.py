@@ -40,7 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args, _FLAG_FIELDS)
     # Read by libgomp when llama.cpp loads (the engines import it later), and inherited by the processes
     # that measure weight formats.
-    os.environ.setdefault("OMP_WAIT_POLICY", settings.omp_wait_policy.upper())
+    if settings.omp_wait_policy != "default":
+        os.environ.setdefault("OMP_WAIT_POLICY", settings.omp_wait_policy.upper())
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         check_bind(settings, KeyStore(settings.keys_file))

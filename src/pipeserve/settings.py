@@ -392,12 +392,13 @@ class Settings(BaseSettings):
         "needs the `moderation` extra: `pip install 'pipeserve[moderation]'`).",
     )
     log_level: str = Field(default="info", description="Log level of the server (debug, info, warning, error).")
-    omp_wait_policy: Literal["passive", "active"] = Field(
-        default="passive",
-        description="How llama.cpp's OpenMP threads wait between steps: `passive` sleeps, `active` spins. Spinning "
-        "shaves a little latency off an idle machine, but steals the CPUs from everything else on a busy one (the "
-        "event loop, the clients, other processes): measured on 2 vCPUs shared with the load generator, W1 ran at "
-        "13 tok/s spinning against 55 passive (docs/benchmarks.md). Applied as OMP_WAIT_POLICY when the server "
+    omp_wait_policy: Literal["default", "passive", "active"] = Field(
+        default="default",
+        description="How llama.cpp's OpenMP threads wait between the operations of a step. `default`: libgomp's "
+        "own way, spinning a moment and then sleeping (fastest measured, on a quiet machine and beside the "
+        "benchmark's client alike: docs/benchmarks.md). `active`: spinning until there is work, which matches it on "
+        "a quiet machine and starves everything else on a busy one. `passive`: sleeping at once, which leaves the "
+        "CPUs to other work but made one sequence's decoding 2.6x slower. Applied as OMP_WAIT_POLICY when the server "
         "starts, unless that variable is already set.",
     )
     # --- the web console (src/pipeserve/console) ---
