@@ -114,10 +114,8 @@ def d(index: int, text: str, tokens: int = 1, finish: str | None = None, **kw: A
 
 
 async def collect(stream: AsyncIterator[bytes]) -> list[bytes]:
-    """The stream's events, one by one (a piece of the stream holds every event that was ready together)."""
     async with asyncio.timeout(2):
-        pieces = [piece async for piece in stream]
-    return [event + b"\n\n" for piece in pieces for event in piece.split(b"\n\n") if event]
+        return [event async for event in stream]
 
 
 def payloads(events: list[bytes]) -> list[dict[str, Any]]:
@@ -239,37 +237,6 @@ async def test_stream_events_in_order() -> None:
         (1, {"content": "B"}, None),
         (1, {}, "length"),
     ]
-
-
-async def test_what_is_ready_together_goes_out_in_one_piece() -> None:
-    """Deltas pushed before the stream reads them (a fast upstream's events from one network read) become one
-    piece of the stream, so one write; those pushed later, another."""
-    generation = Generation(0, lambda choice, keep: None)
-    generation.push([Delta(0, content="Hel")], False)
-    generation.push([Delta(0, content="lo")], False)
-    steps = aiter(generation)
-    assert [delta.content for delta in await anext(steps)] == ["Hel", "lo"]
-    generation.push([Delta(0, content="!")], False)
-    generation.push([], True)
-    assert [delta.content for delta in await anext(steps)] == ["!"]
-    with pytest.raises(StopAsyncIteration):
-        await anext(steps)
-
-    engine = TypedEngine([[Delta(0, content="a"), Delta(0, content="b"), Delta(0, finish_reason="stop")]])
-    pieces = [piece async for piece in await service(engine).stream(replace(PARAMS, stream=True))]
-    assert pieces[-1] == DONE
-    assert [piece.count(b"data: ") for piece in pieces[:-1]] == [1, 3]  # the opening chunk, then a, b and finish
-
-
-async def test_a_failure_comes_after_the_deltas_ready_before_it_and_ends_the_generation() -> None:
-    generation = Generation(0, lambda choice, keep: None)
-    generation.push([Delta(0, content="a")], False)
-    generation.fail(EngineError("broke"))
-    generation.push([Delta(0, content="b")], False)
-    steps = aiter(generation)
-    assert [delta.content for delta in await anext(steps)] == ["a"]
-    with pytest.raises(EngineError):
-        await anext(steps)
 
 
 async def test_stream_with_usage_and_a_stop_string() -> None:

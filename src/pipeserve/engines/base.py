@@ -103,40 +103,31 @@ class EngineStats:
     kv_cells_cached: int = 0  # held by finished sequences, kept as a prefix cache; free for the taking
 
 
-class Generation:
-    """One running request: an async iterator of delta lists, fed by the engine.
+_END = object()
 
-    Each step of the iteration is everything pushed since the last one: what is ready goes out together (one
-    write to the client), and a consumer that fell behind catches up in one step rather than one per push.
+
+class Generation:
+    """One running request: an async iterator of per-step delta lists, fed by the engine.
+
     `usage.prompt_tokens` is known when the generation is returned; the rest is kept up to date by the engine
     as deltas arrive and is final once the iteration ends.
     """
 
     def __init__(self, prompt_tokens: int, stop: Callable[[int | None, bool], None]) -> None:
         self.usage = Usage(prompt_tokens=prompt_tokens)
-        self._ready: list[Delta] = []
-        self._ended = False  # the engine pushed its last deltas
-        self._error: PipeserveError | None = None  # raised once the deltas before it are out
-        self._wakeup: asyncio.Future[None] | None = None  # the consumer waiting for more
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._stop = stop
         self._done = False
 
     # --- engine side: called on the event loop (engines in threads use call_soon_threadsafe) -------------
     def push(self, deltas: list[Delta], done: bool) -> None:
-        if self._error is not None:
-            return  # the generation failed: nothing after its error goes out
-        self._ready += deltas
-        self._ended = self._ended or done
-        self._wake()
+        if deltas:
+            self._queue.put_nowait(deltas)
+        if done:
+            self._queue.put_nowait(_END)
 
     def fail(self, error: PipeserveError) -> None:
-        if self._error is None and not self._ended:
-            self._error = error
-            self._wake()
-
-    def _wake(self) -> None:
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+        self._queue.put_nowait(error)
 
     # --- pipeline side --------------------------------------------------------------------------------
     def __aiter__(self) -> AsyncIterator[list[Delta]]:
@@ -144,21 +135,15 @@ class Generation:
 
     async def _iterate(self) -> AsyncIterator[list[Delta]]:
         while True:
-            if self._ready:
-                step, self._ready = self._ready, []
-                yield step
-            elif self._error is not None:
-                self._done = True
-                raise self._error
-            elif self._ended:
+            item = await self._queue.get()
+            if item is _END:
                 self._done = True
                 return
-            else:
-                self._wakeup = asyncio.get_running_loop().create_future()
-                try:
-                    await self._wakeup
-                finally:
-                    self._wakeup = None
+            if isinstance(item, PipeserveError):
+                self._done = True
+                raise item
+            assert isinstance(item, list)
+            yield item
 
     def stop(self, choice: int | None = None, *, keep_cache: bool) -> None:
         """Stop generating one choice or all of them. Idempotent.

@@ -103,13 +103,6 @@ class _Run:
 
     async def deltas(self) -> AsyncIterator[Delta]:
         """The engine's deltas until every choice has finished; stops the engine's work however it ends."""
-        async for step in self.steps():
-            for delta in step:
-                yield delta
-
-    async def steps(self) -> AsyncIterator[list[Delta]]:
-        """The engine's deltas as they become ready, a list at a time, until every choice has finished; stops
-        the engine's work however it ends."""
         last = 0.0
         # The labelled histograms, looked up once: a lookup costs more than an observation.
         ttft = itl = None
@@ -126,7 +119,7 @@ class _Run:
                 for delta in step:
                     if not 0 <= delta.index < len(self.choices) or self.choices[delta.index].finish_reason:
                         raise EngineError(f"the engine sent a delta for choice {delta.index}, which is not running")
-                yield step
+                    yield delta
             if any(choice.finish_reason is None for choice in self.choices):
                 raise EngineError("the engine ended the generation before every choice finished")
         finally:
@@ -230,21 +223,14 @@ class ChatService:
                     opening = choice.opening()
                     if opening is not None:
                         yield run.chunk([wire.ChunkChoice(index=choice.index, delta=opening)])
-                # What is ready goes out in one write: in front of a fast upstream, a dozen events arrive
-                # together, and a write (and the client's read) per event cost more than the rest of the hop.
-                async for step in run.steps():
-                    events: list[bytes] = []
-                    for delta in step:
-                        choice = run.choices[delta.index]
-                        shaped = choice.chunk(delta)
-                        if shaped is not None:
-                            out, logprobs = shaped
-                            sent = wire.ChunkChoice(index=choice.index, delta=out, logprobs=logprobs)
-                            events.append(run.chunk([sent]))
-                        if delta.finish_reason is not None:
-                            events.append(run.chunk([choice.finish()]))
-                    if events:
-                        yield b"".join(events)
+                async for delta in run.deltas():
+                    choice = run.choices[delta.index]
+                    shaped = choice.chunk(delta)
+                    if shaped is not None:
+                        out, logprobs = shaped
+                        yield run.chunk([wire.ChunkChoice(index=choice.index, delta=out, logprobs=logprobs)])
+                    if delta.finish_reason is not None:
+                        yield run.chunk([choice.finish()])
                 completion = self._completion(run)
                 if grade is not None:
                     completion = await grade(completion)

@@ -94,14 +94,10 @@ class _StagedStream(EventStream):
 
     async def _events(self) -> AsyncGenerator[Chunk, None]:
         async for raw in self._inner:
-            # One piece of the stream may hold several events (`data: <JSON>\n\n` each, JSON without line breaks).
-            for event in raw.split(b"\n\n"):
-                if not event:
-                    continue
-                if event == SSE_DONE[:-2]:
-                    self._done = True
-                    continue
-                yield orjson.loads(event.removeprefix(b"data: "))
+            if raw == SSE_DONE:
+                self._done = True
+                continue
+            yield orjson.loads(raw.removeprefix(b"data: "))
 
     async def _encode(self, events: AsyncIterator[Chunk]) -> AsyncGenerator[bytes, None]:
         async for event in events:
