@@ -6,6 +6,7 @@ import secrets
 from typing import Any
 
 import llama_cpp as llama
+import numpy as np
 
 from pipeserve.params import SamplingParams
 
@@ -19,8 +20,46 @@ def choice_seed(seed: int | None, index: int) -> int:
     return value - 1 if value == _RANDOM_SEED else value
 
 
+class Draw:
+    """A draw from softmax(logits / temperature) over the whole vocabulary, vectorised: what llama.cpp's
+    `temp → dist` chain computes with a scalar `expf` and a running sum per token (~350 µs a token on a 49k
+    vocabulary, 14% of a 16-sequence step's engine time), in ~50 µs and without handing the GIL back and forth
+    across a ctypes call. Same distribution; a seed gives the same tokens run after run, not the chain's."""
+
+    _BLOCK = 1024  # a running sum over every token is slow in numpy (~150 µs): sum blocks, then run in one
+
+    def __init__(self, temperature: float, seed: int, n_vocab: int) -> None:
+        self.scale = np.float32(1.0 / temperature)
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.n_vocab = n_vocab
+        blocks = -(-n_vocab // self._BLOCK)
+        self._weights = np.zeros((blocks, self._BLOCK), dtype=np.float32)  # the padding stays 0
+        self._flat = self._weights.reshape(-1)[:n_vocab]
+
+    def __call__(self, ctx: Any, row: int) -> int:
+        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, row), shape=(self.n_vocab,))
+        weights = np.subtract(logits, logits.max(), out=self._flat)
+        weights *= self.scale
+        np.exp(weights, out=weights)  # tokens masked to -inf by a constraint weigh 0
+        blocks = np.cumsum(self._weights.sum(axis=1, dtype=np.float64))
+        target = self.rng.random() * blocks[-1]
+        # The first token whose running sum passes the target: never one of weight 0.
+        block = min(int(np.searchsorted(blocks, target, side="right")), len(blocks) - 1)
+        before = blocks[block - 1] if block else 0.0
+        inside = np.cumsum(self._weights[block], dtype=np.float64)
+        offset = min(int(np.searchsorted(inside, target - before, side="right")), self._BLOCK - 1)
+        token = block * self._BLOCK + offset
+        while token > 0 and (token >= self.n_vocab or self._flat[token] == 0.0):  # rounding at a block's end
+            token -= 1
+        return token
+
+
 def build_sampler(params: SamplingParams, *, n_vocab: int, max_tokens: int, seed: int) -> Any:
-    """bias → penalties → temperature → top-p → draw, the order OpenAI and vLLM apply them in."""
+    """bias → penalties → temperature → top-p → draw, the order OpenAI and vLLM apply them in. The plain case,
+    temperature alone, is a vectorised `Draw`; the others are llama.cpp sampler chains."""
+    penalties = params.presence_penalty or params.frequency_penalty
+    if params.temperature > 0.0 and params.top_p >= 1.0 and not params.logit_bias and not penalties:
+        return Draw(params.temperature, seed, n_vocab)
     chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
     if params.logit_bias:
         biases = (llama.llama_logit_bias * len(params.logit_bias))()
@@ -50,8 +89,11 @@ def build_sampler(params: SamplingParams, *, n_vocab: int, max_tokens: int, seed
 
 
 def free_sampler(chain: Any) -> None:
-    llama.llama_sampler_free(chain)
+    if not isinstance(chain, Draw):
+        llama.llama_sampler_free(chain)
 
 
 def sample(chain: Any, ctx: Any, row: int) -> int:
+    if isinstance(chain, Draw):
+        return chain(ctx, row)
     return int(llama.llama_sampler_sample(chain, ctx, row))
