@@ -219,34 +219,64 @@ def _optimizer(model: Any, learning_rate: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(trainable(model), lr=learning_rate, weight_decay=0.0)
 
 
-def run_sft(model: Any, examples: Sequence[Example], sft: Sft, seed: int, report: Report) -> dict[str, Any]:
-    rng = random.Random(seed)
-    schedule = Schedule(_steps(len(examples), sft.batch_size, sft.epochs))
-    optimizer = _optimizer(model, sft.learning_rate)
-    progress = Progress(report, "training", schedule.steps)
+def _optimize(
+    model: Any,
+    examples: Sequence[Example],
+    *,
+    batch_size: int,
+    epochs: float,
+    learning_rate: float,
+    rng: random.Random,
+    phase: str,
+    report: Report,
+    backward: Callable[[list[Example]], float],
+) -> dict[str, Any]:
+    """The optimisation loop both phases share: batches over `epochs`, the learning-rate schedule, clipping and
+    progress. `backward(batch)` runs the batch's backward passes (in micro-batches) and returns its loss."""
+    schedule = Schedule(_steps(len(examples), batch_size, epochs))
+    optimizer = _optimizer(model, learning_rate)
+    progress = Progress(report, phase, schedule.steps)
     model.train()
     step = 0
-    for epoch in range(math.ceil(sft.epochs)):
-        for batch in batches(examples, sft.batch_size, rng):
+    for epoch in range(math.ceil(epochs)):
+        for batch in batches(examples, batch_size, rng):
             if step == schedule.steps:
                 break
             for group in optimizer.param_groups:
-                group["lr"] = sft.learning_rate * schedule.factor(step)
-            total = max(1, sum(e.trained_tokens for e in batch))
-            summed = 0.0
-            for micro in micro_batches(batch):
-                _checkpointing(model, len(micro[0].ids) > MICRO_TOKENS)
-                loss = sft_loss(model, micro) / total
-                loss.backward()  # type: ignore[no-untyped-call]
-                summed += float(loss.detach())
+                group["lr"] = learning_rate * schedule.factor(step)
+            loss = backward(batch)
             torch.nn.utils.clip_grad_norm_(trainable(model), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            progress.step(step, epoch, summed, len(batch))
+            progress.step(step, epoch, loss, len(batch))
             step += 1
     _checkpointing(model, False)
     model.eval()
     return progress.summary()
+
+
+def run_sft(model: Any, examples: Sequence[Example], sft: Sft, seed: int, report: Report) -> dict[str, Any]:
+    def backward(batch: list[Example]) -> float:
+        total = max(1, sum(e.trained_tokens for e in batch))
+        summed = 0.0
+        for micro in micro_batches(batch):
+            _checkpointing(model, len(micro[0].ids) > MICRO_TOKENS)
+            loss = sft_loss(model, micro) / total
+            loss.backward()  # type: ignore[no-untyped-call]
+            summed += float(loss.detach())
+        return summed
+
+    return _optimize(
+        model,
+        examples,
+        batch_size=sft.batch_size,
+        epochs=sft.epochs,
+        learning_rate=sft.learning_rate,
+        rng=random.Random(seed),
+        phase="training",
+        report=report,
+        backward=backward,
+    )
 
 
 def _pair_rows(batch: Sequence[Example]) -> tuple[list[list[int]], list[list[int]]]:
@@ -275,42 +305,37 @@ def run_preference(
             known = token_logprobs(model, rows, labels).tolist()
             for offset, example in enumerate(chunk):
                 reference[id(example)] = (known[offset], known[len(chunk) + offset])
-    rng = random.Random(seed + 1)
-    schedule = Schedule(_steps(len(pairs), preference.batch_size, preference.epochs))
-    optimizer = _optimizer(model, preference.learning_rate)
-    progress = Progress(report, "preference", schedule.steps)
-    model.train()
-    step = 0
-    for epoch in range(math.ceil(preference.epochs)):
-        for batch in batches(pairs, preference.batch_size, rng):
-            if step == schedule.steps:
-                break
-            for group in optimizer.param_groups:
-                group["lr"] = preference.learning_rate * schedule.factor(step)
-            summed = 0.0
-            for micro in micro_batches(batch, lambda e: e.prompt_length + max(len(e.answer), len(e.rejected or []))):
-                _checkpointing(model, len(micro[0].ids) > MICRO_TOKENS // 2)
-                rows, labels = _pair_rows(micro)
-                logps = token_logprobs(model, rows, labels)
-                ref = torch.tensor([reference[id(e)] for e in micro], device=logps.device)
-                chosen = logps[: len(micro)] - ref[:, 0]
-                rejected = logps[len(micro) :] - ref[:, 1]
-                beta = preference.beta
-                if preference.variant == "DPO":
-                    losses = -F.logsigmoid(beta * (chosen - rejected))
-                else:  # APO-zero: raise the chosen answer's likelihood, lower the rejected one's
-                    losses = (1 - torch.sigmoid(beta * chosen)) + torch.sigmoid(beta * rejected)
-                loss = losses.sum() / len(batch)
-                loss.backward()  # type: ignore[no-untyped-call]
-                summed += float(loss.detach())
-            torch.nn.utils.clip_grad_norm_(trainable(model), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            progress.step(step, epoch, summed, len(batch))
-            step += 1
-    _checkpointing(model, False)
-    model.eval()
-    return progress.summary()
+
+    def backward(batch: list[Example]) -> float:
+        summed = 0.0
+        for micro in micro_batches(batch, lambda e: e.prompt_length + max(len(e.answer), len(e.rejected or []))):
+            _checkpointing(model, len(micro[0].ids) > MICRO_TOKENS // 2)
+            rows, labels = _pair_rows(micro)
+            logps = token_logprobs(model, rows, labels)
+            ref = torch.tensor([reference[id(e)] for e in micro], device=logps.device)
+            chosen = logps[: len(micro)] - ref[:, 0]
+            rejected = logps[len(micro) :] - ref[:, 1]
+            beta = preference.beta
+            if preference.variant == "DPO":
+                losses = -F.logsigmoid(beta * (chosen - rejected))
+            else:  # APO-zero: raise the chosen answer's likelihood, lower the rejected one's
+                losses = (1 - torch.sigmoid(beta * chosen)) + torch.sigmoid(beta * rejected)
+            loss = losses.sum() / len(batch)
+            loss.backward()  # type: ignore[no-untyped-call]
+            summed += float(loss.detach())
+        return summed
+
+    return _optimize(
+        model,
+        pairs,
+        batch_size=preference.batch_size,
+        epochs=preference.epochs,
+        learning_rate=preference.learning_rate,
+        rng=random.Random(seed + 1),
+        phase="preference",
+        report=report,
+        backward=backward,
+    )
 
 
 def snapshot(model: Any) -> dict[str, torch.Tensor]:
