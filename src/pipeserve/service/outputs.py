@@ -50,7 +50,6 @@ class ChoiceOutput:
     finish_reason: str | None = None
     _role_sent: bool = False
     _waiting: list[TokenLogprob] = field(default_factory=list)
-    _said: bool = False  # legacy functions: the answer is content (something other than whitespace was said)
     _held: str = ""  # legacy functions: leading whitespace, until it is known whether a call or content comes
 
     @property
@@ -83,12 +82,12 @@ class ChoiceOutput:
         content, calls, finish = delta.content, delta.tool_calls, delta.finish_reason
         if self.calls:
             content = ""
-        elif self._said:
+        elif self.content:  # only content that says something is taken before it is known which comes
             calls = []
         else:
             text, self._held = self._held + content, ""
             if text.strip():
-                content, calls, self._said = text, [], True
+                content, calls = text, []
             elif calls:
                 content = ""
             elif finish is not None:
