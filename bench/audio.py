@@ -29,6 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.support import pipeserve  # noqa: E402
 from pipeserve.audio import OUTPUT_RATE, Speaker, load_engine  # noqa: E402
 from pipeserve.audio.encode import encode, supported_formats  # noqa: E402
 
@@ -88,101 +89,70 @@ def engine(piper_python: str | None) -> None:
 
 
 def end_to_end(requests: int, max_tokens: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
-        log = (Path(tmp) / "server.log").open("wb")
-        command = [sys.executable, "-m", "pipeserve", "serve", "--port", str(port), "--data-dir", tmp]
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        try:
-            _wait(f"http://127.0.0.1:{port}", server)
-            plain: list[float] = []
-            spoken: list[float] = []
-            seconds: list[float] = []
-            with httpx.Client(timeout=120) as client:
-                for i in range(2 * requests):
-                    speak = i % 4 in (1, 2)
-                    body: dict[str, Any] = {
-                        "model": MODEL,
-                        "messages": [{"role": "user", "content": "Describe the sea in a few sentences."}],
-                        "max_tokens": max_tokens,
-                        "temperature": 0,
-                        "seed": i // 2,
-                        "store": False,
-                    }
-                    if speak:
-                        body |= {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}
-                    t0 = time.perf_counter()
-                    response = client.post(url, json=body)
-                    (spoken if speak else plain).append(time.perf_counter() - t0)
-                    response.raise_for_status()
-                    if speak:
-                        tokens = response.json()["usage"]["completion_tokens_details"]["audio_tokens"]
-                        seconds.append(tokens / 20)
-                added = statistics.median(s - p for s, p in zip(spoken, plain, strict=True))
-                speech = statistics.median(seconds)
-                print(
-                    f"\nend to end, {requests} pairs of {max_tokens}-token answers (~{speech:.1f} s "
-                    f"of speech): p50 without audio {statistics.median(plain) * 1000:.0f} ms, with "
-                    f"{statistics.median(spoken) * 1000:.0f} ms; added (median of pair differences) "
-                    f"{added * 1000:.1f} ms"
-                )
-                first_text, first_audio = [], []
-                for i in range(max(3, requests // 4)):
-                    body = {
-                        "model": MODEL,
-                        "messages": [{"role": "user", "content": "Describe the sea in a few sentences."}],
-                        "max_tokens": max_tokens,
-                        "seed": i,
-                        "stream": True,
-                        "modalities": ["text", "audio"],
-                        "audio": {"voice": "alloy", "format": "pcm16"},
-                        "store": False,
-                    }
-                    t0 = time.perf_counter()
-                    text_at = audio_at = None
-                    with client.stream("POST", url, json=body) as stream:
-                        for line in stream.iter_lines():
-                            if not line.startswith("data: {"):
-                                continue
-                            for choice in json.loads(line[6:]).get("choices", []):
-                                audio = choice["delta"].get("audio") or {}
-                                if text_at is None and audio.get("transcript"):
-                                    text_at = time.perf_counter() - t0
-                                if audio_at is None and audio.get("data"):
-                                    audio_at = time.perf_counter() - t0
-                    if text_at is not None and audio_at is not None:
-                        first_text.append(text_at)
-                        first_audio.append(audio_at)
-                print(
-                    f"streams (pcm16): first transcript p50 {statistics.median(first_text) * 1000:.0f} ms, first "
-                    f"audio p50 {statistics.median(first_audio) * 1000:.0f} ms"
-                )
-        finally:
-            server.terminate()
-            server.wait(30)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait(url: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError("the server exited; see its log")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the server did not start")
+    with tempfile.TemporaryDirectory() as tmp, pipeserve(Path(tmp), cwd=ROOT) as base:
+        url = f"{base}/v1/chat/completions"
+        plain: list[float] = []
+        spoken: list[float] = []
+        seconds: list[float] = []
+        with httpx.Client(timeout=120) as client:
+            for i in range(2 * requests):
+                speak = i % 4 in (1, 2)
+                body: dict[str, Any] = {
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": "Describe the sea in a few sentences."}],
+                    "max_tokens": max_tokens,
+                    "temperature": 0,
+                    "seed": i // 2,
+                    "store": False,
+                }
+                if speak:
+                    body |= {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}
+                t0 = time.perf_counter()
+                response = client.post(url, json=body)
+                (spoken if speak else plain).append(time.perf_counter() - t0)
+                response.raise_for_status()
+                if speak:
+                    tokens = response.json()["usage"]["completion_tokens_details"]["audio_tokens"]
+                    seconds.append(tokens / 20)
+            added = statistics.median(s - p for s, p in zip(spoken, plain, strict=True))
+            speech = statistics.median(seconds)
+            print(
+                f"\nend to end, {requests} pairs of {max_tokens}-token answers (~{speech:.1f} s "
+                f"of speech): p50 without audio {statistics.median(plain) * 1000:.0f} ms, with "
+                f"{statistics.median(spoken) * 1000:.0f} ms; added (median of pair differences) "
+                f"{added * 1000:.1f} ms"
+            )
+            first_text, first_audio = [], []
+            for i in range(max(3, requests // 4)):
+                body = {
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": "Describe the sea in a few sentences."}],
+                    "max_tokens": max_tokens,
+                    "seed": i,
+                    "stream": True,
+                    "modalities": ["text", "audio"],
+                    "audio": {"voice": "alloy", "format": "pcm16"},
+                    "store": False,
+                }
+                t0 = time.perf_counter()
+                text_at = audio_at = None
+                with client.stream("POST", url, json=body) as stream:
+                    for line in stream.iter_lines():
+                        if not line.startswith("data: {"):
+                            continue
+                        for choice in json.loads(line[6:]).get("choices", []):
+                            audio = choice["delta"].get("audio") or {}
+                            if text_at is None and audio.get("transcript"):
+                                text_at = time.perf_counter() - t0
+                            if audio_at is None and audio.get("data"):
+                                audio_at = time.perf_counter() - t0
+                if text_at is not None and audio_at is not None:
+                    first_text.append(text_at)
+                    first_audio.append(audio_at)
+            print(
+                f"streams (pcm16): first transcript p50 {statistics.median(first_text) * 1000:.0f} ms, first "
+                f"audio p50 {statistics.median(first_audio) * 1000:.0f} ms"
+            )
 
 
 def main() -> None:

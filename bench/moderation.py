@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.support import pipeserve  # noqa: E402
 from pipeserve.moderation import load_classifier  # noqa: E402
 from pipeserve.moderation.filter import ContentFilterStage  # noqa: E402
 from pipeserve.moderation.policy import PolicyBook  # noqa: E402
@@ -149,14 +149,7 @@ def end_to_end(requests: int, max_tokens: int) -> None:
         config.write_text(
             f'[[models]]\nid = "{MODEL}"\naliases = ["filtered"]\n\n[[content_filters]]\nmodel = "filtered"\n'
         )
-        port = _free_port()
-        command = [sys.executable, "-m", "pipeserve", "serve", "--port", str(port), "--data-dir", tmp]
-        server = subprocess.Popen(
-            [*command, "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            _wait(url, server, Path(tmp) / "server.log")
+        with pipeserve(Path(tmp), config=config) as url:
             latencies: dict[str, list[float]] = {"unfiltered": [], "filtered": []}
             with httpx.Client(timeout=120) as client:
                 for i in range(2 * requests):
@@ -179,31 +172,6 @@ def end_to_end(requests: int, max_tokens: int) -> None:
             pairs = zip(latencies["filtered"], latencies["unfiltered"], strict=True)
             added = statistics.median(f - u for f, u in pairs)
             print(f"added by filtering, end to end (median of paired differences): {added * 1000:.2f} ms")
-        finally:
-            server.terminate()
-            server.wait(30)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the server did not start:\n{log.read_text()}")
 
 
 def main() -> None:
