@@ -108,7 +108,11 @@ def create_app(settings: Settings, reload: Callable[[], Settings] | None = None)
         stages: Stages | None = None
         fine_tuning: FineTuning | None = None
         try:
-            db = await open_database(settings.store_url, timeout=settings.store_timeout_seconds)
+            db = await open_database(
+                settings.store_url,
+                timeout=settings.store_timeout_seconds,
+                log_synchronous_commit=settings.log_synchronous_commit,
+            )
             writer = LogWriter(
                 db,
                 spill_path=settings.data_dir / "log-spill.jsonl",

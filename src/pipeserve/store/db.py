@@ -24,7 +24,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from pipeserve.errors import StoreUnavailableError
-from pipeserve.store.sqlite_rows import Batch, ConnectHook, SqliteRows
+from pipeserve.store.inserts import Batch
+from pipeserve.store.postgres_rows import PostgresRows
+from pipeserve.store.sqlite_rows import ConnectHook, SqliteRows
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same in every replica that may migrate at the same time.
@@ -142,12 +144,12 @@ def _log_outage(cause: BaseException) -> None:
 
 
 class Database:
-    def __init__(self, url: str, *, timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(self, url: str, *, timeout: float = CONNECT_TIMEOUT, log_synchronous_commit: bool = False) -> None:
         self.url = url
         self.timeout = timeout
         self.is_sqlite = url.startswith("sqlite")
         self._hooks: list[ConnectHook] = []
-        self._rows: SqliteRows | None = None  # SQLite: the fast way in for inserts (`insert`)
+        self._rows: SqliteRows | PostgresRows | None = None  # the fast way in for inserts (`insert`)
         if self.is_sqlite:
             path = url.split("///", 1)[1] if "///" in url else ""
             if path and path != ":memory:":
@@ -164,10 +166,14 @@ class Database:
                 connect_args={"timeout": timeout},  # asyncpg's own default is a minute
                 **_JSON,
             )
+            _, connect_kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+            connect_kwargs["timeout"] = timeout
+            self._rows = PostgresRows(connect_kwargs, synchronous_commit=log_synchronous_commit)
 
     def on_connect(self, hook: ConnectHook) -> None:
         """Run `hook(dbapi_connection, record)` on every new connection, of the async engine and of the SQLite
-        inserter alike (SQLAlchemy's "connect" event)."""
+        inserter alike (SQLAlchemy's "connect" event); PostgreSQL's log inserter, a plain asyncpg connection, runs
+        none."""
         self._hooks.append(hook)
         event.listen(self.engine.sync_engine, "connect", hook)
 
@@ -180,7 +186,7 @@ class Database:
     def insert_now(self, batches: Sequence[Batch]) -> bool:
         """`insert`, done at once without waiting for anything, where the store allows it (SQLite while no
         other connection writes); False when it doesn't: then nothing was done."""
-        if self._rows is None:
+        if not isinstance(self._rows, SqliteRows):
             return False
         try:
             return self._rows.insert_now(batches)
@@ -255,8 +261,10 @@ class Database:
             await self._rows.close()
 
 
-async def open_database(url: str, *, timeout: float = CONNECT_TIMEOUT) -> Database:
-    db = Database(url, timeout=timeout)
+async def open_database(
+    url: str, *, timeout: float = CONNECT_TIMEOUT, log_synchronous_commit: bool = False
+) -> Database:
+    db = Database(url, timeout=timeout, log_synchronous_commit=log_synchronous_commit)
     try:
         await db.migrate()
     except Exception:

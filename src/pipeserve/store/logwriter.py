@@ -29,8 +29,8 @@ from sqlalchemy import text
 
 from pipeserve.errors import StoreUnavailableError
 from pipeserve.store.db import Database, describe, is_refused, is_unavailable
+from pipeserve.store.inserts import Batch
 from pipeserve.store.spill import SpillFile, SpillLockedError
-from pipeserve.store.sqlite_rows import Batch
 from pipeserve.store.tables import log_criteria, logs
 
 log = logging.getLogger("pipeserve.store")

@@ -20,18 +20,15 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
 from typing import Any
 
-import orjson
-from sqlalchemy import JSON, Boolean, Table
+from pipeserve.store.inserts import Batch, statement
 
 CHECKPOINT_EVERY = 200  # commits made in place between two checkpoints (SQLite's own default: 1000 pages)
 _BUSY = 5  # SQLITE_BUSY: another connection holds the write lock
 
 # Called with each new connection, as SQLAlchemy's "connect" event is: (dbapi connection, record).
 ConnectHook = Callable[[Any, Any], None]
-Batch = tuple[Table, Sequence[dict[str, Any]], bool]  # table, rows, whether a row already stored is skipped
 
 
 class SqliteRows:
@@ -111,7 +108,7 @@ class SqliteRows:
         try:
             for table, rows, replay in batches:
                 if rows:
-                    sql, encode = _statement(table, replay)
+                    sql, encode = statement(table, replay, "sqlite")
                     conn.executemany(sql, [encode(row) for row in rows])
             conn.execute("COMMIT")
         except BaseException:
@@ -146,40 +143,3 @@ class SqliteRows:
     def _disconnect_now(self) -> None:
         with self._using:
             self._disconnect()
-
-
-def _json(value: Any) -> str:
-    # As SQLAlchemy's JSON type stores it on SQLite: None is the JSON text `null` (none_as_null is off).
-    return orjson.dumps(value).decode()
-
-
-@cache
-def _statement(table: Table, replay: bool) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
-    """The INSERT for `table` and the function turning a row (a dict by column name; absent keys take the
-    column's default) into its parameters, with values encoded as the async engine encodes them."""
-    columns = list(table.columns)
-    names = ", ".join(c.name for c in columns)
-    marks = ", ".join("?" for _ in columns)
-    sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"
-    if replay:
-        sql += f" ON CONFLICT ({', '.join(c.name for c in table.primary_key)}) DO NOTHING"
-    converters: list[tuple[str, Any, Callable[[Any], Any] | None]] = []
-    for column in columns:
-        default = (
-            getattr(column.default, "arg", None) if column.default is not None and column.default.is_scalar else None
-        )
-        if isinstance(column.type, JSON):
-            converters.append((column.name, None, _json))
-        elif isinstance(column.type, Boolean):
-            converters.append((column.name, default, lambda v: None if v is None else int(bool(v))))
-        else:
-            converters.append((column.name, default, None))
-
-    def encode(row: dict[str, Any]) -> tuple[Any, ...]:
-        values = []
-        for name, default, convert in converters:
-            value = row.get(name, default)
-            values.append(convert(value) if convert is not None else value)
-        return tuple(values)
-
-    return sql, encode
