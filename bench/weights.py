@@ -7,7 +7,8 @@ llama.cpp's quantizer, as `pipeserve.engines.llamacpp.weights` makes them):
 - top-1 agreement: along the shipped file's greedy paths (teacher-forced), how often each format's most likely
   next token is the shipped file's;
 - perplexity on a fixed text (this file's TEXT, ~900 tokens);
-- speed: the child-process probe `choose` uses (prefill tok/s; 16 sequences decoding, tok/s), repacking off.
+- speed: the child-process probe `choose` uses (prefill tok/s; 16 sequences decoding and one sequence
+  decoding alone, tok/s), repacking off.
 
     python bench/weights.py
 """
@@ -176,13 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "| weights | size MiB | greedy outputs identical | top-1 agreement | perplexity | prefill tok/s | "
-        "decode x16 tok/s |"
+        "decode x16 tok/s | decode x1 tok/s |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, size, same, agreement, ppl, speed in rows:
         prefill = f"{speed.prefill:.0f}" if speed and speed.prefill else "-"
         decode = f"{speed.decode:.0f}" if speed and speed.decode else "-"
-        print(f"| {name} | {size:.0f} | {same}/{len(PROMPTS)} | {agreement:.1%} | {ppl:.3f} | {prefill} | {decode} |")
+        single = f"{speed.single:.0f}" if speed and speed.single else "-"
+        print(
+            f"| {name} | {size:.0f} | {same}/{len(PROMPTS)} | {agreement:.1%} | {ppl:.3f} | {prefill} | {decode} "
+            f"| {single} |"
+        )
     return 0
 
 

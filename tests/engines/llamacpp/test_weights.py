@@ -29,6 +29,8 @@ def test_the_choice_is_made_once_and_kept(monkeypatch: pytest.MonkeyPatch) -> No
     choice = weights.choose(source, WEIGHTS_DIR, threads=os.cpu_count() or 1, progress=False)
     record = json.loads((WEIGHTS_DIR / f"{source.stem}.{weights.source_key(source)}.json").read_text())
     assert record["chosen"]["name"] == choice.name and choice.path.is_file()
+    assert record["rule"] == weights.RULE
+    assert all(m["single"] > 0 for m in record["measured"] if m["failure"] is None)  # recorded for the docs
     measured = {(m["name"], m["repack"]) for m in record["measured"]}
     assert {("original", False), ("Q8_0", False), ("F16", False)} <= measured
     # Every candidate is faithful: nothing below 8 bits is ever tried.
@@ -40,6 +42,14 @@ def test_a_candidate_that_crashes_or_fails_costs_only_itself(tmp_path: Path) -> 
     broken.write_bytes(b"not a gguf file")
     result = weights.measure_in_child("Q8_0", broken, repack=True, threads=1)
     assert result.failure is not None and result.cost == float("inf")
+
+
+def test_a_smaller_file_wins_only_when_as_fast_at_prefill_and_at_decoding() -> None:
+    bf16 = weights.Measured("BF16", False, prefill=1020, decode=350, single=91)
+    q8_same = weights.Measured("Q8_0", True, prefill=1000, decode=345, single=120)
+    q8_other_trade = weights.Measured("Q8_0", True, prefill=760, decode=365, single=121)
+    assert weights._as_fast(q8_same, bf16)
+    assert not weights._as_fast(q8_other_trade, bf16)  # another trade, not the same speed
 
 
 async def test_a_named_format_is_converted_without_measuring(tmp_path: Path) -> None:

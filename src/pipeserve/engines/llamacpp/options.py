@@ -83,7 +83,9 @@ class LlamaCppOptions(BaseModel):
         default="auto",
         description="The format the weights are served in. `auto`: the fastest on this CPU among the file as "
         "shipped and its faithful conversions (Q8_0, F16, BF16 where the CPU has bf16 instructions), with "
-        "llama.cpp's repacked weight buffers on or off, measured once at the first start and kept in "
+        "llama.cpp's repacked weight buffers on or off, on a mix of prefill and 16 sequences decoding (batched "
+        "serving; one stream alone may decode faster in a smaller format), measured once at the first start "
+        "and kept in "
         "`weights_dir` (a lower-bit format is never chosen: it would change the model's answers). `original`: "
         "the file as it is. A format name: that conversion, without measuring (repacking off).",
     )
