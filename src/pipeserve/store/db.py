@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Table, event, exc, insert, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -206,10 +206,11 @@ class Database:
                     raise unavailable_error(error) from error
                 raise
             return
+        # Only an in-memory SQLite database has no fast way in: a SQLite file and PostgreSQL each have one.
         async with self.begin() as conn:
             for table, rows, skip_stored in batches:
                 if rows:
-                    await conn.execute(_insert_statement(table, skip_stored, self.is_sqlite), list(rows))
+                    await conn.execute(_insert_statement(table, skip_stored), list(rows))
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision; replicas starting together take turns on PostgreSQL."""
@@ -309,12 +310,11 @@ def _upgrade(connection: Connection) -> bool:
     return revision() != before
 
 
-def _insert_statement(table: Table, skip_stored: bool, is_sqlite: bool) -> Any:
+def _insert_statement(table: Table, skip_stored: bool) -> Any:
     if not skip_stored:
         return insert(table)  # a duplicate id is the caller's error, and it hears of it
-    dialect = sqlite if is_sqlite else postgresql
     keys = [column.name for column in table.primary_key]
-    return dialect.insert(table).on_conflict_do_nothing(index_elements=keys)
+    return sqlite.insert(table).on_conflict_do_nothing(index_elements=keys)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
