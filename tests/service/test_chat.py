@@ -29,6 +29,7 @@ from pipeserve.engines.llamacpp.output import TextGeneration
 from pipeserve.engines.llamacpp.slots import TextDelta
 from pipeserve.errors import EngineError, ModelNotFoundError, PipeserveError
 from pipeserve.params import ChatMessage, ChatParams, ResponseFormat, SamplingParams, ToolSpec
+from pipeserve.protocol import chat_completions as wire
 from pipeserve.service.chat import ChatService
 from pipeserve.service.models import ModelRegistry, ServedModel
 from pipeserve.settings import ModelConfig
@@ -413,3 +414,58 @@ async def test_capabilities_an_engine_lacks_are_a_400_naming_the_field(change: d
         await service(engine).complete(replace(PARAMS, **change))
     assert caught.value.status_code == 400 and caught.value.param == param
     assert engine.received == []
+
+
+TRICKY_TEXT = [
+    "plain",
+    'a "quoted" \\ path',
+    "line\nbreak\ttab\r",
+    "\x00\x1f\x7f",
+    "é 漢字 🎉",
+    "\u2028\u2029",
+    "</script>",
+]
+
+
+@pytest.mark.parametrize("reasoning", [False, True])
+async def test_text_chunks_are_byte_for_byte_the_wire_models_chunks(reasoning: bool) -> None:
+    """Text chunks skip the models (`_Run.text_chunk`): what they send must be what the models would."""
+    steps: list[list[Delta] | PipeserveError] = [
+        [Delta(i % 2, reasoning=text) if reasoning else Delta(i % 2, content=text)]
+        for i, text in enumerate(TRICKY_TEXT)
+    ]
+    steps.append([Delta(0, finish_reason="stop"), Delta(1, finish_reason="stop")])
+    params = replace(PARAMS, n=2, stream=True, model="openpipe:fake")
+    chat = service(TypedEngine(steps))
+    run = await chat._start(params, None, None)
+    events = await collect(chat._stream(run, None, None))
+    texts = events[2:-3]  # after both choices' role chunks, before the finishes and [DONE]
+    assert len(texts) == len(TRICKY_TEXT)
+    name = "reasoning_content" if reasoning else "content"
+    for i, (event, text) in enumerate(zip(texts, TRICKY_TEXT, strict=True)):
+        choice = wire.ChunkChoice(index=i % 2, delta=wire.ChunkDelta.model_validate({name: text}))
+        model = wire.ChatCompletionChunk(
+            id=run.id, created=run.created, model="openpipe:fake", choices=[choice], system_fingerprint=run.fingerprint
+        )
+        assert event == b"data: " + model.model_dump_json().encode() + b"\n\n"
+        assert orjson.loads(event[6:])["choices"][0]["delta"] == {name: text}
+
+
+async def test_chunks_of_several_choices_and_the_usage_chunk_are_the_wire_models_chunks() -> None:
+    chat = service(TypedEngine([[Delta(0, finish_reason="stop")]]))
+    run = await chat._start(replace(PARAMS, n=2, stream=True), None, None)
+    choices = [
+        wire.ChunkChoice(index=0, delta=wire.ChunkDelta(role="assistant", content="")),
+        wire.ChunkChoice(index=1, delta=wire.ChunkDelta(), finish_reason="stop"),
+    ]
+    usage = run.usage()
+    for chosen, counted in [(choices, None), (choices[1:], None), ([], usage)]:
+        model = wire.ChatCompletionChunk(
+            id=run.id,
+            created=run.created,
+            model="fake",
+            choices=chosen,
+            usage=counted,
+            system_fingerprint=run.fingerprint,
+        )
+        assert run.chunk(chosen, counted) == b"data: " + model.model_dump_json().encode() + b"\n\n"

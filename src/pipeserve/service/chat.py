@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -34,6 +35,14 @@ StreamGrade = Callable[[wire.ChatCompletion], Awaitable[wire.ChatCompletion]]
 
 def sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
+
+
+@functools.lru_cache(maxsize=256)
+def _text_choice(index: int, name: str) -> tuple[bytes, bytes]:
+    """A chunk choice of one piece of text alone, as the wire model writes it, either side of the text."""
+    choice = wire.ChunkChoice(index=index, delta=wire.ChunkDelta.model_validate({name: ""}))
+    before, key, after = choice.model_dump_json().encode().partition(b'"%s":""' % name.encode())
+    return before + key[:-2], after
 
 
 def _nothing() -> None:
@@ -72,9 +81,34 @@ class _Run:
     label: str = ""  # the model id, for metrics
     started: float = 0.0
     call: Call | None = None  # the request's log record, if it has one
+    _frame: tuple[bytes, bytes] | None = None  # a chunk's event either side of its choices: see `chunk`
 
     def chunk(self, choices: list[wire.ChunkChoice], usage: wire.Usage | None = None) -> bytes:
-        payload = wire.ChatCompletionChunk(
+        """A chunk's SSE event. All but the last (usage) chunk of a run differ only in their choices, so the
+        wire model writes the rest once per run and each chunk adds its choices' JSON to it."""
+        if usage is not None:
+            return sse(self._payload(choices, usage).model_dump_json().encode())
+        head, tail = self._framed()
+        return head + b",".join(choice.model_dump_json().encode() for choice in choices) + tail
+
+    def text_chunk(self, index: int, name: str, text: str) -> bytes:
+        """The chunk of one piece of text alone (`name` is its delta's field), byte for byte what `chunk` makes
+        of it, without building models: nearly every chunk of a stream is one, and three models built and
+        serialised per token (the delta's unset fields dropped in Python) cost ~30 us against ~1 us."""
+        head, tail = self._framed()
+        before, after = _text_choice(index, name)
+        return head + before + orjson.dumps(text) + after + tail
+
+    def _framed(self) -> tuple[bytes, bytes]:
+        if self._frame is None:
+            whole = self._payload([], None).model_dump_json().encode()
+            # Quotes inside JSON strings are escaped, so this can only be the key and its empty list.
+            head, _, tail = whole.partition(b'"choices":[]')
+            self._frame = (b"data: " + head + b'"choices":[', b"]" + tail + b"\n\n")
+        return self._frame
+
+    def _payload(self, choices: list[wire.ChunkChoice], usage: wire.Usage | None) -> wire.ChatCompletionChunk:
+        return wire.ChatCompletionChunk(
             id=self.id,
             created=self.created,
             model=self.params.model,
@@ -82,7 +116,6 @@ class _Run:
             usage=usage,
             system_fingerprint=self.fingerprint,
         )
-        return sse(payload.model_dump_json().encode())
 
     def usage(self) -> wire.Usage:
         counted = self.generation.usage
@@ -225,6 +258,10 @@ class ChatService:
                         yield run.chunk([wire.ChunkChoice(index=choice.index, delta=opening)])
                 async for delta in run.deltas():
                     choice = run.choices[delta.index]
+                    text = choice.text(delta)
+                    if text is not None:
+                        yield run.text_chunk(choice.index, *text)
+                        continue
                     shaped = choice.chunk(delta)
                     if shaped is not None:
                         out, logprobs = shaped
@@ -267,12 +304,12 @@ def _check_capabilities(served: ServedModel, params: ChatParams) -> None:
         choice: bool(params.tools) and params.tool_choice not in can.tool_choice,
         "parallel_tool_calls": bool(params.tools) and not params.parallel_tool_calls and not can.parallel_tool_calls,
         "n": can.max_n is not None and params.n > can.max_n,
-        **{field: not can.passthrough for field in sorted(params.passthrough)},
+        **{name: not can.passthrough for name in sorted(params.passthrough)},
     }
-    for field, missing in wanted.items():
+    for name, missing in wanted.items():
         if missing:
             raise UnsupportedParameterError(
-                f"The model {served.config.id} can't honour '{field}'. Remove it or use another model.", param=field
+                f"The model {served.config.id} can't honour '{name}'. Remove it or use another model.", param=name
             )
 
 

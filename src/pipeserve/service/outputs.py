@@ -108,6 +108,28 @@ class ChoiceOutput:
         self._role_sent = True
         return wire.ChunkDelta(role="assistant", content="")
 
+    def text(self, delta: Delta) -> tuple[str, str] | None:
+        """Take a delta that is one piece of text alone (content or reasoning), once the role is out and no
+        logprobs wait, and return its field and text: most of a stream's chunks, which the pipeline then
+        sends without building models (`_Run.text_chunk`). None, taking nothing, for any other delta."""
+        if (
+            not self._role_sent
+            or self._waiting
+            or delta.tool_calls
+            or delta.logprobs
+            or delta.finish_reason is not None
+            or self.params.legacy_functions
+        ):
+            return None
+        if delta.content and not delta.reasoning:
+            shaped = ("content", delta.content)
+        elif delta.reasoning and not delta.content:
+            shaped = ("reasoning_content", delta.reasoning)
+        else:
+            return None
+        self.add(delta)
+        return shaped
+
     def chunk(self, delta: Delta) -> tuple[wire.ChunkDelta, wire.ChoiceLogprobs | None] | None:
         """Take one delta and shape it for a stream: the chunk delta and logprobs to send, or None when
         there is nothing to send yet. The finishing delta gets its own chunk (see `finish`)."""
