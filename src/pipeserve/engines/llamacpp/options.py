@@ -86,9 +86,8 @@ class LlamaCppOptions(BaseModel):
         "shipped and its faithful conversions (Q8_0, F16, BF16 where the CPU has bf16 instructions), with "
         "llama.cpp's repacked weight buffers on or off, on a mix of prefill and 16 sequences decoding (batched "
         "serving; one stream alone may decode faster in a smaller format), measured once at the first start "
-        "and kept in "
-        "`weights_dir` (a lower-bit format is never chosen: it would change the model's answers). `original`: "
-        "the file as it is. A format name: that conversion, without measuring (repacking off).",
+        "and kept in `weights_dir` (a lower-bit format is never chosen: it would change the model's answers). "
+        "`original`: the file as it is. A format name: that conversion, without measuring (repacking off).",
     )
     threads: int | None = Field(default=None, ge=1, description="CPU threads for llama.cpp. Default: all cores.")
     chat_template: str | None = Field(
