@@ -1064,7 +1064,8 @@ def main(argv: list[str] | None = None) -> int:
     weights_dir = args.cache_dir.resolve() / "weights"
     choice = choose(gguf, weights_dir, threads=THREADS)
     os.environ[WEIGHTS_ENV] = str(weights_dir)
-    print(f"weights: {choice.name}{' (repacked)' if choice.repack else ''}: {choice.path}", flush=True)
+    solo = "" if choice.solo is None else f"; a lone sequence decodes in {choice.solo.name} (solo lane)"
+    print(f"weights: {choice.name}{' (repacked)' if choice.repack else ''}: {choice.path}{solo}", flush=True)
     specs = server_specs(
         gguf, llama_server, args.pipeserve_option, converted=choice.path, converted_repack=choice.repack
     )
@@ -1098,7 +1099,8 @@ def main(argv: list[str] | None = None) -> int:
         timings[f"{name} total"] = time.monotonic() - started
     timings["run"] = time.monotonic() - began
 
-    text = report(runs, workloads, failures, [*args.pipeserve_option, f"weights chosen: {choice.name}"])
+    chosen = f"weights chosen: {choice.name}" + ("" if choice.solo is None else f", solo lane: {choice.solo.name}")
+    text = report(runs, workloads, failures, [*args.pipeserve_option, chosen])
     print()
     print(text)
     print()

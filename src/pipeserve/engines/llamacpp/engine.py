@@ -40,6 +40,7 @@ _CLOSE_WAIT = 30.0  # seconds to wait for the engine thread at shutdown
 # An engine that has not begun a step for this long is reported as stalled: an idle loop turns every second,
 # and a busy step takes well under a second.
 _STALL_AFTER = 60.0
+_SOLO_BATCH = 64  # the solo lane decodes one token a step; a small batch keeps its compute buffers small
 _ACCEPT_CHECK = 1.0  # seconds between looks at whether the engine a request waits on is still the running one
 
 
@@ -102,6 +103,7 @@ class LlamaCppEngine(Engine):
                     scheduler.abandon(gone)
             finally:
                 scheduler.close_long()  # its context, before the weights it shares
+                scheduler.close_solo()
                 model.close()
 
     def _load(self) -> tuple[LlamaModel, Scheduler]:
@@ -118,6 +120,7 @@ class LlamaCppEngine(Engine):
             threads=threads,
             repack=self._weights.repack,
         )
+        scheduler: Scheduler | None = None
         try:
             source = options.chat_template or model.meta("tokenizer.chat_template") or CHATML_TEMPLATE
             self._template = ChatTemplate(
@@ -151,17 +154,32 @@ class LlamaCppEngine(Engine):
                     )
 
                 scheduler.long_lane(lane, cells)
+            solo = self._weights.solo
+            if solo is not None and options.solo_lane:
+                scheduler.solo_lane(
+                    LlamaModel(
+                        solo.path,
+                        n_ctx=model.n_ctx_seq,
+                        n_seq_max=1,
+                        n_batch=_SOLO_BATCH,
+                        threads=threads,
+                        repack=solo.repack,
+                    )
+                )
         except BaseException:
+            if scheduler is not None:
+                scheduler.close_solo()
             model.close()
             raise
         log.info(
-            "%s: loaded %s%s (%d sequences of %d KV cells each%s)",
+            "%s: loaded %s%s (%d sequences of %d KV cells each%s%s)",
             self.model_id,
             path,
             ", repacked" if self._weights.repack else "",
             options.max_sequences,
             model.n_ctx_seq,
-            f", and a long-context lane of {scheduler.long_cells} when needed" if scheduler.long_cells else "",
+            f", a long-context lane of {scheduler.long_cells} when needed" if scheduler.long_cells else "",
+            f", a solo lane on {self._weights.solo.name}" if scheduler.solo is not None and self._weights.solo else "",
         )
         return model, scheduler
 

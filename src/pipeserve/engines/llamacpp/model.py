@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,34 @@ _LOG_CALLBACK = llama.llama_log_callback(_on_log)
 def route_logs() -> None:
     """llama.cpp's warnings and errors to our log; its chatter (loading, quantizing) nowhere."""
     llama.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+
+
+_U32 = struct.Struct("<I")
+_HEADER = 8  # a saved sequence's state opens with llama.cpp's magic number and the sequence's id
+
+
+def _one_stream(state: bytes) -> bytes:
+    """A sequence's saved KV state without its context's stream layout. After its header llama.cpp writes the
+    number of streams, then each stream's cell count and, for the one stream holding the sequence, its cells;
+    it refuses to read a state written by a context with another number of streams. Keep the header and the
+    holding stream's part."""
+    (n_streams,) = _U32.unpack_from(state, _HEADER)
+    offset = _HEADER + 4
+    for stream in range(n_streams):
+        (cells,) = _U32.unpack_from(state, offset)
+        if cells:
+            end = len(state) - 4 * (n_streams - stream - 1)  # the streams after it are empty: a zero count each
+            if state[end:] != bytes(len(state) - end):
+                raise ValueError("a sequence's KV state spans several streams")
+            return state[:_HEADER] + state[offset:end]
+        offset += 4
+    return state[:_HEADER] + _U32.pack(0)
+
+
+def _as_streams(part: bytes, n_streams: int) -> bytes:
+    """`_one_stream`'s part as a state for a context of `n_streams` streams (llama.cpp reads a sequence's
+    cells into that sequence's own stream, whichever position they come in)."""
+    return part[:_HEADER] + _U32.pack(n_streams) + part[_HEADER:] + bytes(4 * (n_streams - 1))
 
 
 class LlamaModel:
@@ -90,6 +119,7 @@ class LlamaModel:
             raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} cells for {path}")
         self.n_ctx: int = llama.llama_n_ctx(self.ctx)
         self.n_ctx_seq: int = llama.llama_n_ctx_seq(self.ctx)  # cells of each sequence's stream
+        self.n_streams = n_seq_max  # one KV stream per sequence (`kv_unified` off)
         self.memory = llama.llama_get_memory(self.ctx)
         self.batch = llama.llama_batch_init(n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
@@ -173,6 +203,24 @@ class LlamaModel:
         decode; so copy everything, then drop the tail."""
         llama.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
         llama.llama_memory_seq_rm(self.memory, dst, length, -1)
+
+    def seq_save(self, seq: int) -> bytes:
+        """The KV entries of one sequence, to `seq_load` into another context of a model of the same shape
+        (the same model in another weight format: the solo lane)."""
+        size = llama.llama_state_seq_get_size(self.ctx, seq)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama.llama_state_seq_get_data(self.ctx, buffer, size, seq)
+        return _one_stream(ctypes.string_at(buffer, written))
+
+    def seq_load(self, seq: int, state: bytes) -> bool:
+        """Replace sequence `seq` with what `seq_save` returned; False (and `seq` empty) if it doesn't fit."""
+        data = _as_streams(state, self.n_streams)
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        read = llama.llama_state_seq_set_data(self.ctx, buffer, len(data), seq)
+        if read != len(data):
+            self.seq_clear(seq)
+            return False
+        return True
 
     # --- decoding ----------------------------------------------------------------------------------------
     def decode(self) -> int:

@@ -89,6 +89,14 @@ class LlamaCppOptions(BaseModel):
         "and kept in `weights_dir` (a lower-bit format is never chosen: it would change the model's answers). "
         "`original`: the file as it is. A format name: that conversion, without measuring (repacking off).",
     )
+    solo_lane: bool = Field(
+        default=True,
+        description='With `weights = "auto"`: when the measurement found another faithful format that '
+        "decodes one sequence alone clearly faster than the chosen one (a smaller format reads fewer weight bytes "
+        "per token), a request decoding alone, with nothing else running or waiting, decodes in that format "
+        "(its KV cache moved there and back, ~1 ms per 100 tokens); prompts and batches stay in the chosen one. "
+        "Costs that format's weights in memory. false: one format for everything.",
+    )
     threads: int | None = Field(default=None, ge=1, description="CPU threads for llama.cpp. Default: all cores.")
     chat_template: str | None = Field(
         default=None,

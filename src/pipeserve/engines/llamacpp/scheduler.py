@@ -11,6 +11,13 @@ second scheduler over a context of its own on the same weights, with one stream 
 context, stepped right after this one in the same loop. Its steps are capped at `prefill_chunk` tokens, so
 that a long prompt delays the batch's streams by one short step at a time. Its context (180 MiB of KV cache
 for SmolLM2's 8,192 tokens) is made for the first long request and freed after `LANE_IDLE_S` without one.
+
+A sequence decoding alone (one request, nothing else prefilling or waiting) runs in the solo lane, when the
+engine gives one: a context of one stream on the same model in another weight format, the one that decodes a
+lone sequence fastest (its speed is bound by the weight bytes read per token, so a smaller format wins there,
+while batched steps and prompts run faster in the batch's format). Its KV entries move there when it is left
+alone and back at the next request, cancel or finish (`LlamaModel.seq_save`/`seq_load`, ~1 ms per 100 cells),
+so the batch's streams always hold the truth between steps.
 """
 
 from __future__ import annotations
@@ -79,10 +86,24 @@ class Scheduler:
         self.long_cells = 0  # its context, when the engine gives one (0: none)
         self._make_long: Callable[[], Scheduler] | None = None
         self._long_used = 0.0
+        self.solo: LlamaModel | None = None  # the solo lane's context (one stream of `window` cells), if given
+        self._solo_slot: Slot | None = None  # the slot whose sequence decodes there now
 
     def long_lane(self, make: Callable[[], Scheduler], cells: int) -> None:
         """Give this scheduler a long-context lane of `cells`, made by `make` when first needed."""
         self._make_long, self.long_cells = make, cells
+
+    def solo_lane(self, context: LlamaModel) -> None:
+        """Decode a lone sequence in `context`: the same model in a weight format faster for one sequence."""
+        if context.n_ctx_seq < self.window:
+            raise ValueError(f"the solo lane's context holds {context.n_ctx_seq} cells, a window is {self.window}")
+        self.solo = context
+
+    def close_solo(self) -> None:
+        if self.solo is not None:
+            self._solo_slot = None
+            solo, self.solo = self.solo, None
+            solo.close()
 
     def close_long(self) -> None:
         if self.long is not None:
@@ -130,6 +151,9 @@ class Scheduler:
             command, payload = self.inbox.get(timeout=1.0) if block else self.inbox.get_nowait()
         except queue.Empty:
             return
+        # A new request, or a cancel, may touch any stream of the batch's context (a prefix copied, a stream
+        # cleared): the lone sequence's entries go back there first.
+        self._leave_solo()
         while True:
             if command == "submit":
                 self._submit(*payload)
@@ -204,6 +228,9 @@ class Scheduler:
         so `forget_cache` empties idle streams too rather than reuse them as prefixes."""
         if self.long is not None:
             self.long._fail_all(error, forget_cache=forget_cache)
+        if self._solo_slot is not None and self.solo is not None:
+            self._solo_slot = None
+            self.solo.seq_clear(0)
         for job in [*self.waiting, *self.prefilling, *self.running]:
             for slot in job.slots:
                 if slot.job is job:
@@ -350,6 +377,15 @@ class Scheduler:
 
     # --- one step ------------------------------------------------------------------------------------
     def _step(self) -> None:
+        if self.solo is not None:
+            alone = self._alone()
+            if alone is not self._solo_slot:
+                self._leave_solo()
+                if alone is not None and not self._enter_solo(alone):
+                    alone = None
+            if alone is not None:
+                self._solo_step(alone)
+                return
         # seq -> (tokens, first position, whether the last one needs logits); each sequence is either
         # decoding one token or prefilling one chunk.
         work: dict[int, tuple[list[int], int, bool]] = {}
@@ -403,7 +439,7 @@ class Scheduler:
         for slot in decoding:
             assert slot.pending is not None
             slot.tokens.append(slot.pending)
-            self._sample(slot, rows[slot.seq], outputs)
+            self._sample(slot, self.model, rows[slot.seq], outputs)
         for job in finishing:
             self.prefilling.remove(job)
             host = job.slots[0]
@@ -412,7 +448,52 @@ class Scheduler:
                 sibling.tokens = list(job.prompt)
             self.running.append(job)
             for slot in job.slots:
-                self._sample(slot, rows[host.seq], outputs)
+                self._sample(slot, self.model, rows[host.seq], outputs)
+        self._deliver(outputs)
+
+    # --- the solo lane -------------------------------------------------------------------------------
+    def _alone(self) -> Slot | None:
+        """The one sequence decoding, when nothing else runs, prefills or waits."""
+        if self.waiting or self.prefilling or len(self.running) != 1:
+            return None
+        job = self.running[0]
+        if len(job.slots) != 1:
+            return None
+        slot = job.slots[0]
+        return slot if slot.job is job and slot.pending is not None else None
+
+    def _enter_solo(self, slot: Slot) -> bool:
+        assert self.solo is not None
+        if not self.solo.seq_load(0, self.model.seq_save(slot.seq)):
+            log.warning("could not move a sequence to the solo lane; it stays in the batch")
+            return False
+        self._solo_slot = slot  # the batch's stream keeps its copy, replaced when the sequence comes back
+        return True
+
+    def _leave_solo(self) -> None:
+        slot, solo = self._solo_slot, self.solo
+        if slot is None or solo is None:
+            return
+        self._solo_slot = None
+        state = solo.seq_save(0)
+        solo.seq_clear(0)
+        if not self.model.seq_load(slot.seq, state):
+            slot.tokens = []  # its stream is empty now; a running sequence without its entries can't go on
+            raise RuntimeError("could not move a sequence's KV entries back from the solo lane")
+
+    def _solo_step(self, slot: Slot) -> None:
+        solo = self.solo
+        assert solo is not None and slot.pending is not None
+        self._put(solo.batch, 0, slot.pending, len(slot.tokens), 0, True)
+        solo.batch.n_tokens = 1
+        status = solo.decode()
+        if status != 0:
+            raise RuntimeError(f"llama_decode returned {status} in the solo lane")
+        slot.tokens.append(slot.pending)
+        outputs: dict[int, list[TextDelta]] = {}
+        self._sample(slot, solo, 0, outputs)
+        if slot.job is None:
+            self._leave_solo()  # finished: its entries go back to its stream, a prefix cache for what comes next
         self._deliver(outputs)
 
     @staticmethod
@@ -423,10 +504,10 @@ class Scheduler:
         batch.seq_id[i][0] = seq
         batch.logits[i] = logits
 
-    def _sample(self, slot: Slot, row: int, outputs: dict[int, list[TextDelta]]) -> None:
+    def _sample(self, slot: Slot, model: LlamaModel, row: int, outputs: dict[int, list[TextDelta]]) -> None:
+        """Sample from `model`'s logits at `row` (the batch's context or the solo lane's)."""
         job = slot.job
         assert job is not None and slot.decoder is not None
-        model = self.model
         if slot.guide is not None:
             slot.guide.mask(model.logits(row))
         token = sampling.sample(slot.sampler, model.ctx, row)
@@ -457,7 +538,7 @@ class Scheduler:
                     finish = "length"
         outputs.setdefault(id(job), []).append(TextDelta(slot.choice, text, tokens, logprobs, finish))
         if finish is not None:
-            slot.release(model, keep_cache=True)
+            slot.release(self.model, keep_cache=True)
 
     def _deliver(self, outputs: dict[int, list[TextDelta]]) -> None:
         for job in list(self.running):

@@ -16,7 +16,9 @@ JSON, and reused while the source file and this rule are unchanged; a smaller fi
 at both. The mix favours batched serving: one sequence decoding alone, also timed and recorded, is bound by
 the bytes of weights read per token and favours smaller formats (on a 2-vCPU EPYC, Q8_0 decoded one sequence
 ~25% faster than BF16, which prefilled ~40% faster and served a shared-prefix load ~20% faster: see
-docs/benchmarks.md). A model opts out with `weights = "original"`, or names a format.
+docs/benchmarks.md). So the candidate fastest at that, when it is clearly faster than the chosen one
+(`SOLO_GAIN`), is kept too: the engine's solo lane decodes a sequence that runs alone in it (scheduler.py).
+A model opts out with `weights = "original"`, or names a format.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ log = logging.getLogger("pipeserve.llamacpp")
 CONVERSIONS = {"Q8_0": 7, "F16": 1, "BF16": 32}
 PROBE_TIMEOUT = 300.0  # seconds for one candidate's measurement
 TIE = 0.05  # candidates this close to the fastest at prefill and at decoding count as equally fast
-RULE = 2  # how the choice is made; a record made under another rule is measured again
+# A second format for one sequence decoding alone is kept only when it decodes one sequence at least this much
+# faster than the chosen one: moving a sequence between formats costs a KV copy, and the probe is noisy.
+SOLO_GAIN = 0.15
+RULE = 3  # how the choice is made; a record made under another rule is measured again
 # The reference mix: prompt tokens prefilled (one sequence, chunks of 256) and tokens decoded by 16 sequences
 # together, about W2's proportions in bench/serving.py (distinct ~450-token prompts, 128 tokens out).
 MIX_PROMPT = 3.5
@@ -81,6 +86,7 @@ class Choice:
     path: Path
     repack: bool
     name: str
+    solo: Choice | None = None  # the format a sequence decoding alone runs in, when faster for it (the solo lane)
 
 
 def cpu_has_bf16() -> bool:
@@ -140,26 +146,45 @@ def choose(source: Path, cache_dir: Path, *, threads: int, progress: bool = True
     if best.cost == float("inf"):
         log.warning("%s: no weight format could be measured; serving it as shipped", source.name)
         best = Measured("original", False)
+    solo = _solo(results, best)
     for name, path in files.items():
-        if name not in ("original", best.name):
+        if name not in ("original", best.name) and (solo is None or name != solo.name):
             path.unlink(missing_ok=True)
-    choice = Choice(files[best.name], best.repack, best.name)
+    solo_choice = None if solo is None else Choice(files[solo.name], solo.repack, solo.name)
+    choice = Choice(files[best.name], best.repack, best.name, solo_choice)
     record = {
         "source": str(source.resolve()),
         "key": key,
         "rule": RULE,
-        "chosen": {"name": best.name, "repack": best.repack, "path": str(choice.path)},
+        "chosen": _entry(choice),
+        "solo": None if solo_choice is None else _entry(solo_choice),
         "measured": [asdict(m) | {"cost": None if m.cost == float("inf") else m.cost} for m in results],
     }
     record_path.write_text(json.dumps(record, indent=2))
     log.info(
-        "%s: serving it as %s%s, the fastest faithful format here (%s)",
+        "%s: serving it as %s%s, the fastest faithful format here%s (%s)",
         source.name,
         best.name,
         " with repacked weights" if best.repack else "",
+        "" if solo is None else f", and a sequence decoding alone as {solo.name}{' repacked' if solo.repack else ''}",
         ", ".join(_summary(m) for m in results),
     )
     return choice
+
+
+def _solo(results: list[Measured], best: Measured) -> Measured | None:
+    """The candidate that decodes one sequence alone fastest, if clearly faster at it than `best`."""
+    measured = [m for m in results if m.single]
+    if not measured or not best.single:
+        return None
+    fastest = max(measured, key=lambda m: m.single or 0.0)
+    if fastest.name == best.name or (fastest.single or 0.0) < best.single * (1 + SOLO_GAIN):
+        return None
+    return fastest
+
+
+def _entry(choice: Choice) -> dict[str, Any]:
+    return {"name": choice.name, "repack": choice.repack, "path": str(choice.path)}
 
 
 def _summary(m: Measured) -> str:
@@ -183,13 +208,21 @@ def _read_record(record_path: Path, source: Path) -> Choice | None:
         record = json.loads(record_path.read_text())
         if record.get("rule") != RULE:
             return None  # chosen by an older rule: measure again
-        chosen = record["chosen"]
-        path = Path(chosen["path"])
+        chosen = _recorded(record["chosen"], source)
+        solo = None if record.get("solo") is None else _recorded(record["solo"], source)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if chosen.get("name") != "original" and not path.is_file():
-        return None  # the converted file was removed: measure again
-    return Choice(path if chosen.get("name") != "original" else source, bool(chosen.get("repack")), chosen["name"])
+    if chosen is None or (record.get("solo") is not None and solo is None):
+        return None  # a converted file was removed: measure again
+    return Choice(chosen.path, chosen.repack, chosen.name, solo)
+
+
+def _recorded(entry: dict[str, Any], source: Path) -> Choice | None:
+    name = str(entry["name"])
+    if name == "original":
+        return Choice(source, bool(entry.get("repack")), name)
+    path = Path(entry["path"])
+    return Choice(path, bool(entry.get("repack")), name) if path.is_file() else None
 
 
 def convert(source: Path, target: Path, ftype: int, *, threads: int) -> None:
