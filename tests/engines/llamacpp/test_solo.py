@@ -17,6 +17,7 @@ from pipeserve.engines.llamacpp.engine import LlamaCppEngine
 from pipeserve.engines.llamacpp.model import LlamaModel, _as_streams, _one_stream
 from pipeserve.engines.llamacpp.options import embedded_gguf_path
 from pipeserve.engines.llamacpp.scheduler import Scheduler
+from pipeserve.errors import EngineError
 from pipeserve.params import ChatMessage, ChatParams, SamplingParams
 from pipeserve.settings import ModelConfig
 from tests.greedy import assert_same_greedy_path
@@ -177,6 +178,34 @@ async def test_a_cancelled_lone_sequence_leaves_nothing_behind(q8_file: Path) ->
         _assert_streams_hold_their_tokens(scheduler)
         text, _, _ = await _greedy(engine, _params("Name a colour.", max_tokens=6))
         assert text
+    finally:
+        await engine.close()
+
+
+async def test_a_sequence_that_cannot_come_back_fails_alone_and_the_engine_serves_on(q8_file: Path) -> None:
+    engine = await _engine(q8_file, solo=True)
+    try:
+        scheduler = _scheduler(engine)
+        assert scheduler.solo is not None
+        model = scheduler.model
+
+        def refused(seq: int, state: bytes) -> bool:
+            model.seq_clear(seq)  # as llama.cpp leaves a sequence it could not restore
+            return False
+
+        started = asyncio.Event()
+        first = asyncio.create_task(_greedy(engine, _params(max_tokens=48), steps=started))
+        await started.wait()
+        model.seq_load = refused  # type: ignore[method-assign]
+        _, other, _ = await _greedy(engine, _params("Name a colour.", max_tokens=6))
+        with pytest.raises(EngineError, match="retry"):
+            await first
+        assert other
+        del model.seq_load  # the class's own again
+        text, _, _ = await _greedy(engine, _params("Name a fruit.", max_tokens=6))
+        assert text
+        await _idle(scheduler)
+        _assert_streams_hold_their_tokens(scheduler)
     finally:
         await engine.close()
 

@@ -465,7 +465,9 @@ class Scheduler:
     def _enter_solo(self, slot: Slot) -> bool:
         assert self.solo is not None
         if not self.solo.seq_load(0, self.model.seq_save(slot.seq)):
-            log.warning("could not move a sequence to the solo lane; it stays in the batch")
+            # Not a passing condition (the lane holds a whole window): stop trying at every step.
+            log.error("could not move a sequence's KV entries to the solo lane; closing the lane")
+            self.close_solo()
             return False
         self._solo_slot = slot  # the batch's stream keeps its copy, replaced when the sequence comes back
         return True
@@ -477,9 +479,16 @@ class Scheduler:
         self._solo_slot = None
         state = solo.seq_save(0)
         solo.seq_clear(0)
-        if not self.model.seq_load(slot.seq, state):
-            slot.tokens = []  # its stream is empty now; a running sequence without its entries can't go on
-            raise RuntimeError("could not move a sequence's KV entries back from the solo lane")
+        if self.model.seq_load(slot.seq, state):
+            return
+        log.error("could not move a sequence's KV entries back from the solo lane")
+        slot.tokens = []  # its stream is empty now: a running sequence without its entries can't go on
+        job = slot.job
+        if job is not None:
+            slot.release(self.model, keep_cache=False)
+            job.failed = EngineError("the engine lost this request's KV cache while moving it; retry")
+            self._forget(job)
+            self.dispatch(job, [], True)
 
     def _solo_step(self, slot: Slot) -> None:
         solo = self.solo
