@@ -4,6 +4,7 @@ its KV entries moved there and back, and answers as it would have in the batch's
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import struct
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from pipeserve.engines.llamacpp import weights
 from pipeserve.engines.llamacpp.engine import LlamaCppEngine
-from pipeserve.engines.llamacpp.model import LlamaModel, _as_streams, _one_stream
+from pipeserve.engines.llamacpp.model import LlamaModel, restream
 from pipeserve.engines.llamacpp.options import embedded_gguf_path
 from pipeserve.engines.llamacpp.scheduler import Scheduler
 from pipeserve.errors import EngineError
@@ -189,19 +190,24 @@ async def test_a_sequence_that_cannot_come_back_fails_alone_and_the_engine_serve
         assert scheduler.solo is not None
         model = scheduler.model
 
-        def refused(seq: int, state: bytes) -> bool:
-            model.seq_clear(seq)  # as llama.cpp leaves a sequence it could not restore
+        mover = scheduler._mover
+        move = mover.move
+
+        def refused(source: LlamaModel, seq: int, target: LlamaModel, dest: int) -> bool:
+            if target is not model:
+                return move(source, seq, target, dest)
+            target.seq_clear(dest)  # as SequenceMover leaves a sequence it could not restore
             return False
 
         started = asyncio.Event()
         first = asyncio.create_task(_greedy(engine, _params(max_tokens=48), steps=started))
         await started.wait()
-        model.seq_load = refused  # type: ignore[method-assign]
+        mover.move = refused  # type: ignore[method-assign]
         _, other, _ = await _greedy(engine, _params("Name a colour.", max_tokens=6))
         with pytest.raises(EngineError, match="retry"):
             await first
         assert other
-        del model.seq_load  # the class's own again
+        del mover.move  # the class's own again
         text, _, _ = await _greedy(engine, _params("Name a fruit.", max_tokens=6))
         assert text
         await _idle(scheduler)
@@ -210,20 +216,24 @@ async def test_a_sequence_that_cannot_come_back_fails_alone_and_the_engine_serve
         await engine.close()
 
 
-def test_a_saved_state_loses_its_stream_layout_and_takes_the_target_s() -> None:
+def _restreamed(state: bytes, n_streams: int) -> bytes:
+    buffer = (ctypes.c_uint8 * (len(state) + 4 * n_streams)).from_buffer_copy(state + bytes(4 * n_streams))
+    length = restream(buffer, len(state), n_streams)
+    return bytes(buffer)[:length]
+
+
+def test_a_saved_state_takes_the_stream_layout_of_the_context_it_goes_to() -> None:
     u32 = struct.Struct("<I")
     header = u32.pack(0xAF143CD8) + u32.pack(3)  # llama.cpp's magic number and the sequence's id
-    cells = u32.pack(2) + b"cell data"  # a stream's cell count and its cells
+    cells = u32.pack(2) + b"cell data"  # the holding stream's cell count and its cells
     for streams, holder in ((16, 5), (16, 0), (16, 15), (1, 0)):
         state = header + u32.pack(streams) + u32.pack(0) * holder + cells + u32.pack(0) * (streams - holder - 1)
-        assert _one_stream(state) == header + cells
-        assert _as_streams(header + cells, 4) == header + u32.pack(4) + cells + u32.pack(0) * 3
-        assert _as_streams(_one_stream(state), streams) == header + u32.pack(streams) + cells + u32.pack(0) * (
-            streams - 1
-        )
-    assert _one_stream(header + u32.pack(16) + u32.pack(0) * 16) == header + u32.pack(0)  # an empty sequence
+        for target in (1, 4, 16):
+            assert _restreamed(state, target) == header + u32.pack(target) + cells + u32.pack(0) * (target - 1)
+    empty = header + u32.pack(16) + u32.pack(0) * 16
+    assert _restreamed(empty, 1) == header + u32.pack(1) + u32.pack(0)
     with pytest.raises(ValueError):
-        _one_stream(header + u32.pack(2) + cells + cells)
+        _restreamed(header + u32.pack(2) + cells + cells, 1)
 
 
 def test_a_solo_format_is_kept_only_when_clearly_faster_for_one_sequence() -> None:

@@ -41,28 +41,59 @@ _U32 = struct.Struct("<I")
 _HEADER = 8  # a saved sequence's state opens with llama.cpp's magic number and the sequence's id
 
 
-def _one_stream(state: bytes) -> bytes:
-    """A sequence's saved KV state without its context's stream layout. After its header llama.cpp writes the
-    number of streams, then each stream's cell count and, for the one stream holding the sequence, its cells;
-    it refuses to read a state written by a context with another number of streams. Keep the header and the
-    holding stream's part."""
-    (n_streams,) = _U32.unpack_from(state, _HEADER)
-    offset = _HEADER + 4
-    for stream in range(n_streams):
-        (cells,) = _U32.unpack_from(state, offset)
+def restream(state: Any, length: int, n_streams: int) -> int:
+    """Rewrite, in place, a sequence's saved KV state (the first `length` bytes of the ctypes byte array
+    `state`) for a context of `n_streams` streams; return its new length. It needs 4 * n_streams bytes of room
+    after `length`.
+
+    After its header llama.cpp writes the number of streams, then each stream's cell count and, for the one
+    stream holding the sequence, its cells; it refuses a state written by a context with another number of
+    streams, and reads a sequence's cells into that sequence's own stream whichever position they come in.
+    So the cells move to the first position and the counts around them are rewritten."""
+    view = memoryview(state).cast("B")
+    (n_source,) = _U32.unpack_from(view, _HEADER)
+    start = end = _HEADER + 4
+    for stream in range(n_source):
+        (cells,) = _U32.unpack_from(view, start)
         if cells:
-            end = len(state) - 4 * (n_streams - stream - 1)  # the streams after it are empty: a zero count each
-            if state[end:] != bytes(len(state) - end):
+            end = length - 4 * (n_source - stream - 1)  # the streams after it are empty: a zero count each
+            if any(view[end:length]):
                 raise ValueError("a sequence's KV state spans several streams")
-            return state[:_HEADER] + state[offset:end]
-        offset += 4
-    return state[:_HEADER] + _U32.pack(0)
+            break
+        start += 4
+    else:
+        start = end = _HEADER + 4  # an empty sequence: every stream empty
+    address = ctypes.addressof(state)
+    _U32.pack_into(view, _HEADER, n_streams)
+    cells_length = end - start
+    ctypes.memmove(address + _HEADER + 4, address + start, cells_length)
+    done = _HEADER + 4 + cells_length
+    zeros = 4 * (n_streams if cells_length == 0 else n_streams - 1)
+    ctypes.memset(address + done, 0, zeros)
+    return done + zeros
 
 
-def _as_streams(part: bytes, n_streams: int) -> bytes:
-    """`_one_stream`'s part as a state for a context of `n_streams` streams (llama.cpp reads a sequence's
-    cells into that sequence's own stream, whichever position they come in)."""
-    return part[:_HEADER] + _U32.pack(n_streams) + part[_HEADER:] + bytes(4 * (n_streams - 1))
+class SequenceMover:
+    """Moves one sequence's KV entries between the contexts of two models of the same shape (one model in
+    two weight formats: the solo lane), through one staging buffer reused: a window's state is ~23 MiB for
+    SmolLM2, and its copies are what a move costs."""
+
+    def __init__(self) -> None:
+        self._buffer: Any = (ctypes.c_uint8 * 0)()
+
+    def move(self, source: LlamaModel, seq: int, target: LlamaModel, dest: int) -> bool:
+        """Replace `dest` in `target` with `seq` of `source` (left as it is); False, and `dest` empty, if the
+        state can't be read there."""
+        size = llama.llama_state_seq_get_size(source.ctx, seq)
+        room = size + 4 * target.n_streams
+        if len(self._buffer) < room:
+            self._buffer = (ctypes.c_uint8 * room)()
+        written = llama.llama_state_seq_get_data(source.ctx, self._buffer, size, seq)
+        length = restream(self._buffer, written, target.n_streams) if written else 0
+        if not length or llama.llama_state_seq_set_data(target.ctx, self._buffer, length, dest) != length:
+            target.seq_clear(dest)
+            return False
+        return True
 
 
 class LlamaModel:
@@ -203,24 +234,6 @@ class LlamaModel:
         decode; so copy everything, then drop the tail."""
         llama.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
         llama.llama_memory_seq_rm(self.memory, dst, length, -1)
-
-    def seq_save(self, seq: int) -> bytes:
-        """The KV entries of one sequence, to `seq_load` into another context of a model of the same shape
-        (the same model in another weight format: the solo lane)."""
-        size = llama.llama_state_seq_get_size(self.ctx, seq)
-        buffer = (ctypes.c_uint8 * size)()
-        written = llama.llama_state_seq_get_data(self.ctx, buffer, size, seq)
-        return _one_stream(ctypes.string_at(buffer, written))
-
-    def seq_load(self, seq: int, state: bytes) -> bool:
-        """Replace sequence `seq` with what `seq_save` returned; False (and `seq` empty) if it doesn't fit."""
-        data = _as_streams(state, self.n_streams)
-        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        read = llama.llama_state_seq_set_data(self.ctx, buffer, len(data), seq)
-        if read != len(data):
-            self.seq_clear(seq)
-            return False
-        return True
 
     # --- decoding ----------------------------------------------------------------------------------------
     def decode(self) -> int:

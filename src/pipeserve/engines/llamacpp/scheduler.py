@@ -16,7 +16,7 @@ A sequence decoding alone (one request, nothing else prefilling or waiting) runs
 engine gives one: a context of one stream on the same model in another weight format, the one that decodes a
 lone sequence fastest (its speed is bound by the weight bytes read per token, so a smaller format wins there,
 while batched steps and prompts run faster in the batch's format). Its KV entries move there when it is left
-alone and back at the next request, cancel or finish (`LlamaModel.seq_save`/`seq_load`, ~1 ms per 100 cells),
+alone and back at the next request, cancel or finish (`SequenceMover`),
 so the batch's streams always hold the truth between steps.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 from pipeserve.engines.base import EngineStats
 from pipeserve.engines.llamacpp import sampling
 from pipeserve.engines.llamacpp.guided import Guide, GuideCompiler
-from pipeserve.engines.llamacpp.model import LlamaModel
+from pipeserve.engines.llamacpp.model import LlamaModel, SequenceMover
 from pipeserve.engines.llamacpp.slots import Job, Slot, TextDelta, common_prefix
 from pipeserve.errors import EngineError, PipeserveError, RateLimitError
 
@@ -88,6 +88,7 @@ class Scheduler:
         self._long_used = 0.0
         self.solo: LlamaModel | None = None  # the solo lane's context (one stream of `window` cells), if given
         self._solo_slot: Slot | None = None  # the slot whose sequence decodes there now
+        self._mover = SequenceMover()
 
     def long_lane(self, make: Callable[[], Scheduler], cells: int) -> None:
         """Give this scheduler a long-context lane of `cells`, made by `make` when first needed."""
@@ -464,7 +465,7 @@ class Scheduler:
 
     def _enter_solo(self, slot: Slot) -> bool:
         assert self.solo is not None
-        if not self.solo.seq_load(0, self.model.seq_save(slot.seq)):
+        if not self._mover.move(self.model, slot.seq, self.solo, 0):
             # Not a passing condition (the lane holds a whole window): stop trying at every step.
             log.error("could not move a sequence's KV entries to the solo lane; closing the lane")
             self.close_solo()
@@ -477,9 +478,9 @@ class Scheduler:
         if slot is None or solo is None:
             return
         self._solo_slot = None
-        state = solo.seq_save(0)
+        moved = self._mover.move(solo, 0, self.model, slot.seq)
         solo.seq_clear(0)
-        if self.model.seq_load(slot.seq, state):
+        if moved:
             return
         log.error("could not move a sequence's KV entries back from the solo lane")
         slot.tokens = []  # its stream is empty now: a running sequence without its entries can't go on
