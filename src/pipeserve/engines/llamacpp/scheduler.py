@@ -16,8 +16,8 @@ A sequence decoding alone (one request, nothing else prefilling or waiting) runs
 engine gives one: a context of one stream on the same model in another weight format, the one that decodes a
 lone sequence fastest (its speed is bound by the weight bytes read per token, so a smaller format wins there,
 while batched steps and prompts run faster in the batch's format). Its KV entries move there when it is left
-alone and back at the next request, cancel or finish (`SequenceMover`),
-so the batch's streams always hold the truth between steps.
+alone and back at the next request, cancel or finish (`SequenceMover`), so that between steps the batch's
+streams hold exactly each slot's tokens, as they do without the lane.
 """
 
 from __future__ import annotations
