@@ -89,7 +89,11 @@ class SequenceMover:
         if len(self._buffer) < room:
             self._buffer = (ctypes.c_uint8 * room)()
         written = llama.llama_state_seq_get_data(source.ctx, self._buffer, size, seq)
-        length = restream(self._buffer, written, target.n_streams) if written else 0
+        try:
+            length = restream(self._buffer, written, target.n_streams) if written else 0
+        except ValueError as exc:  # a llama.cpp whose state layout differs: the caller copes with a failed move
+            log.error("could not move a sequence's KV state: %s", exc)
+            length = 0
         if not length or llama.llama_state_seq_set_data(target.ctx, self._buffer, length, dest) != length:
             target.seq_clear(dest)
             return False
