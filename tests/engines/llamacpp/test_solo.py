@@ -4,9 +4,11 @@ its KV entries moved there and back, and answers as it would have in the batch's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import struct
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +38,17 @@ def q8_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-async def _engine(q8_file: Path, *, solo: bool) -> LlamaCppEngine:
+@contextlib.asynccontextmanager
+async def _engine(q8_file: Path, *, solo: bool) -> AsyncIterator[LlamaCppEngine]:
     config = ModelConfig(id=MODEL, max_sequences=4, context_size=4096, long_context=0, solo_lane=solo)
     engine = LlamaCppEngine(config, max_waiting=8)
     shipped = weights.Choice(embedded_gguf_path(), False, "original")
     engine._weights = weights.Choice(q8_file, False, "Q8_0", shipped)  # as `choose` would record it
     await engine.start()
-    return engine
+    try:
+        yield engine
+    finally:
+        await engine.close()
 
 
 def _scheduler(engine: LlamaCppEngine) -> Scheduler:
@@ -106,14 +112,10 @@ def _assert_streams_hold_their_tokens(scheduler: Scheduler) -> None:
 
 
 async def test_a_lone_sequence_decodes_in_the_solo_lane_and_answers_as_the_batch_does(q8_file: Path) -> None:
-    reference = await _engine(q8_file, solo=False)
-    try:
+    async with _engine(q8_file, solo=False) as reference:
         assert _scheduler(reference).solo is None
         _, expected, _ = await _greedy(reference, _params())
-    finally:
-        await reference.close()
-    engine = await _engine(q8_file, solo=True)
-    try:
+    async with _engine(q8_file, solo=True) as engine:
         scheduler = _scheduler(engine)
         assert scheduler.solo is not None
         solo_steps, batch_steps = _count_decodes(scheduler.solo), _count_decodes(scheduler.model)
@@ -124,13 +126,10 @@ async def test_a_lone_sequence_decodes_in_the_solo_lane_and_answers_as_the_batch
         assert assert_same_greedy_path(path, expected) >= 8
         await _idle(scheduler)
         _assert_streams_hold_their_tokens(scheduler)
-    finally:
-        await engine.close()
 
 
 async def test_a_second_request_brings_the_lone_sequence_back_to_the_batch(q8_file: Path) -> None:
-    engine = await _engine(q8_file, solo=True)
-    try:
+    async with _engine(q8_file, solo=True) as engine:
         scheduler = _scheduler(engine)
         assert scheduler.solo is not None
         _, alone, _ = await _greedy(engine, _params(max_tokens=48))
@@ -148,25 +147,19 @@ async def test_a_second_request_brings_the_lone_sequence_back_to_the_batch(q8_fi
         assert assert_same_greedy_path(together, alone) >= 4
         await _idle(scheduler)
         _assert_streams_hold_their_tokens(scheduler)
-    finally:
-        await engine.close()
 
 
 async def test_a_sequence_finished_in_the_solo_lane_is_a_prefix_cache_for_the_next_turn(q8_file: Path) -> None:
-    engine = await _engine(q8_file, solo=True)
-    try:
+    async with _engine(q8_file, solo=True) as engine:
         answer, path, usage = await _greedy(engine, _params(max_tokens=24))
         history = (ChatMessage("user", PROMPT), ChatMessage("assistant", answer))
         _, _, follow_up = await _greedy(engine, _params("And about rivers?", max_tokens=4, history=history))
         # Its cached prefix runs past the first prompt: tokens decoded in the solo lane came back with it.
         assert follow_up.cached_tokens > usage.prompt_tokens + len(path) // 2
-    finally:
-        await engine.close()
 
 
 async def test_a_cancelled_lone_sequence_leaves_nothing_behind(q8_file: Path) -> None:
-    engine = await _engine(q8_file, solo=True)
-    try:
+    async with _engine(q8_file, solo=True) as engine:
         scheduler = _scheduler(engine)
         assert scheduler.solo is not None
         solo_steps = _count_decodes(scheduler.solo)
@@ -179,13 +172,10 @@ async def test_a_cancelled_lone_sequence_leaves_nothing_behind(q8_file: Path) ->
         _assert_streams_hold_their_tokens(scheduler)
         text, _, _ = await _greedy(engine, _params("Name a colour.", max_tokens=6))
         assert text
-    finally:
-        await engine.close()
 
 
 async def test_a_sequence_that_cannot_come_back_fails_alone_and_the_engine_serves_on(q8_file: Path) -> None:
-    engine = await _engine(q8_file, solo=True)
-    try:
+    async with _engine(q8_file, solo=True) as engine:
         scheduler = _scheduler(engine)
         assert scheduler.solo is not None
         model = scheduler.model
@@ -212,8 +202,6 @@ async def test_a_sequence_that_cannot_come_back_fails_alone_and_the_engine_serve
         assert text
         await _idle(scheduler)
         _assert_streams_hold_their_tokens(scheduler)
-    finally:
-        await engine.close()
 
 
 def _restreamed(state: bytes, n_streams: int) -> bytes:
