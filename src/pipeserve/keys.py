@@ -69,11 +69,12 @@ class KeyStore:
     def verify(self, key: str) -> bool:
         return self.find(key) is not None
 
-    def find(self, key: str) -> StoredKey | None:
-        """The stored key for `key`. Constant-time: every stored hash is compared, whatever matches."""
+    def find(self, key: str, keys: list[StoredKey] | None = None) -> StoredKey | None:
+        """The stored key for `key`, among `keys` when the caller has just read `all()`. Constant-time: every
+        stored hash is compared, whatever matches."""
         digest = _digest(key)
         found: StoredKey | None = None
-        for stored in self.all():
+        for stored in self.all() if keys is None else keys:
             if hmac.compare_digest(digest, stored.hash):
                 found = stored
         return found

@@ -115,8 +115,10 @@ def d(index: int, text: str, tokens: int = 1, finish: str | None = None, **kw: A
 
 
 async def collect(stream: AsyncIterator[bytes]) -> list[bytes]:
+    """The stream's events, one by one (a write may carry several)."""
     async with asyncio.timeout(2):
-        return [event async for event in stream]
+        writes = [write async for write in stream]
+    return [event + b"\n\n" for write in writes for event in write.split(b"\n\n")[:-1]]
 
 
 def payloads(events: list[bytes]) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -110,40 +111,59 @@ class Generation:
     """One running request: an async iterator of per-step delta lists, fed by the engine.
 
     `usage.prompt_tokens` is known when the generation is returned; the rest is kept up to date by the engine
-    as deltas arrive and is final once the iteration ends.
+    as deltas arrive and is final once the iteration ends. Steps pushed while the pipeline was busy come out
+    as one: what has already arrived goes to the client together, in one write rather than one per step.
     """
 
     def __init__(self, prompt_tokens: int, stop: Callable[[int | None, bool], None]) -> None:
         self.usage = Usage(prompt_tokens=prompt_tokens)
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._items: deque[object] = deque()  # delta lists, then `_END` or the error that ended it
+        self._waiter: asyncio.Future[None] | None = None
         self._stop = stop
         self._done = False
 
     # --- engine side: called on the event loop (engines in threads use call_soon_threadsafe) -------------
     def push(self, deltas: list[Delta], done: bool) -> None:
         if deltas:
-            self._queue.put_nowait(deltas)
+            self._items.append(deltas)
         if done:
-            self._queue.put_nowait(_END)
+            self._items.append(_END)
+        self._wake()
 
     def fail(self, error: PipeserveError) -> None:
-        self._queue.put_nowait(error)
+        self._items.append(error)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     # --- pipeline side --------------------------------------------------------------------------------
     def __aiter__(self) -> AsyncIterator[list[Delta]]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[list[Delta]]:
+        items = self._items
         while True:
-            item = await self._queue.get()
-            if item is _END:
-                self._done = True
-                return
+            while not items:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            item = items.popleft()
+            if isinstance(item, list):
+                step: list[Delta] = item
+                if items and isinstance(items[0], list):
+                    step = list(step)  # the engine's own list is left as it was
+                    while items and isinstance(items[0], list):
+                        step += items.popleft()  # type: ignore[arg-type]
+                yield step
+                continue
+            self._done = True
             if isinstance(item, PipeserveError):
-                self._done = True
                 raise item
-            assert isinstance(item, list)
-            yield item
+            return
 
     def stop(self, choice: int | None = None, *, keep_cache: bool) -> None:
         """Stop generating one choice or all of them. Idempotent.

@@ -26,7 +26,8 @@ OPEN = Principal(project=DEFAULT_PROJECT, key_id=None)
 
 async def require_key(request: Request) -> Principal:
     store: KeyStore = request.app.state.keys
-    if not store.all():
+    keys = store.all()
+    if not keys:
         request.state.principal = OPEN
         return OPEN
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -35,7 +36,7 @@ async def require_key(request: Request) -> Principal:
             "You didn't provide an API key. Send it in the header 'Authorization: Bearer <key>'; "
             "`pipeserve keys create` makes one."
         )
-    stored = store.find(token.strip())
+    stored = store.find(token.strip(), keys)
     if stored is None:
         raise AuthenticationError(
             "Incorrect API key provided. Use a key printed by `pipeserve keys create` on this server."

@@ -45,6 +45,15 @@ def _text_choice(index: int, name: str) -> tuple[bytes, bytes]:
     return before + key[:-2], after
 
 
+@functools.lru_cache(maxsize=256)
+def _bare_choice(index: int, finish_reason: str | None) -> bytes:
+    """A chunk choice without text: a choice's opening (its role and empty content, `finish_reason` None) or
+    its bare finish, as the wire model writes them."""
+    delta = wire.ChunkDelta(role="assistant", content="") if finish_reason is None else wire.ChunkDelta()
+    choice = wire.ChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=None)  # type: ignore[arg-type]
+    return choice.model_dump_json().encode()
+
+
 def _nothing() -> None:
     pass
 
@@ -99,6 +108,11 @@ class _Run:
         before, after = _text_choice(index, name)
         return head + before + orjson.dumps(text) + after + tail
 
+    def bare_chunk(self, index: int, finish_reason: str | None) -> bytes:
+        """The chunk of a choice's opening or bare finish (`_bare_choice`), without building models."""
+        head, tail = self._framed()
+        return head + _bare_choice(index, finish_reason) + tail
+
     def _framed(self) -> tuple[bytes, bytes]:
         if self._frame is None:
             whole = self._payload([], None).model_dump_json().encode()
@@ -134,8 +148,9 @@ class _Run:
             prompt_cache_miss_tokens=prompt - cached,
         )
 
-    async def deltas(self) -> AsyncIterator[Delta]:
-        """The engine's deltas until every choice has finished; stops the engine's work however it ends."""
+    async def steps(self) -> AsyncIterator[list[Delta]]:
+        """The engine's steps until every choice has finished; stops the engine's work however it ends. The
+        consumer takes each delta through `check` before its choice does."""
         last = 0.0
         # The labelled histograms, looked up once: a lookup costs more than an observation.
         ttft = itl = None
@@ -149,10 +164,7 @@ class _Run:
                     now = time.perf_counter()
                     (itl if last else ttft).observe(now - (last or self.started))
                     last = now
-                for delta in step:
-                    if not 0 <= delta.index < len(self.choices) or self.choices[delta.index].finish_reason:
-                        raise EngineError(f"the engine sent a delta for choice {delta.index}, which is not running")
-                    yield delta
+                yield step
             if any(choice.finish_reason is None for choice in self.choices):
                 raise EngineError("the engine ended the generation before every choice finished")
         finally:
@@ -161,6 +173,12 @@ class _Run:
                 usage = self.usage()
                 cached = usage.prompt_tokens_details.cached_tokens
                 self.metrics.record_usage(self.label, usage.prompt_tokens, cached, usage.completion_tokens)
+
+    def check(self, delta: Delta) -> ChoiceOutput:
+        """The choice `delta` belongs to; an engine error if that choice is not running (any more)."""
+        if not 0 <= delta.index < len(self.choices) or self.choices[delta.index].finish_reason:
+            raise EngineError(f"the engine sent a delta for choice {delta.index}, which is not running")
+        return self.choices[delta.index]
 
 
 class ChatService:
@@ -211,8 +229,9 @@ class ChatService:
     ) -> wire.ChatCompletion:
         """`served`: the model `params.model` names, if the caller resolved it already."""
         run = await self._start(params, call, served)
-        async for delta in run.deltas():
-            run.choices[delta.index].add(delta)
+        async for step in run.steps():
+            for delta in step:
+                run.check(delta).add(delta)
         return self._completion(run)
 
     @staticmethod
@@ -252,42 +271,51 @@ class ChatService:
     ) -> AsyncGenerator[bytes, None]:
         try:
             try:
-                for choice in run.choices:
-                    opening = choice.opening()
-                    if opening is not None:
-                        yield run.chunk([wire.ChunkChoice(index=choice.index, delta=opening)])
-                async for delta in run.deltas():
-                    choice = run.choices[delta.index]
-                    text = choice.text(delta)
-                    if text is not None:
-                        yield run.text_chunk(choice.index, *text)
-                        continue
-                    shaped = choice.chunk(delta)
-                    if shaped is not None:
-                        out, logprobs = shaped
-                        yield run.chunk([wire.ChunkChoice(index=choice.index, delta=out, logprobs=logprobs)])
-                    if delta.finish_reason is not None:
-                        yield run.chunk([choice.finish()])
+                opening = b"".join(run.bare_chunk(choice.index, None) for choice in run.choices if choice.opening())
+                if opening:
+                    yield opening
+                async for step in run.steps():
+                    # One write for what one step brings: steps that arrived while the last was being sent
+                    # come merged (`Generation`), and go out together.
+                    out = [self._shaped(run, run.check(delta), delta) for delta in step]
+                    if any(out):
+                        yield b"".join(out)
                 completion = self._completion(run)
                 if grade is not None:
                     completion = await grade(completion)
                     yield run.chunk(criteria_choices(completion))
-                if run.params.include_usage:
-                    yield run.chunk([], completion.usage)
+                # The usage goes out with `[DONE]`, in the stream's last write, after the log's commit.
+                tail = run.chunk([], completion.usage) if run.params.include_usage else b""
                 ended: tuple[wire.ChatCompletion | None, PipeserveError | None] = (completion, None)
             except PipeserveError as error:
                 yield sse(_error_json(error))
-                ended = (None, error)
+                tail, ended = b"", (None, error)
             except Exception as exc:  # an unexpected failure mid-stream still ends the stream properly
                 log.exception("stream failed")
                 failure = EngineError(f"the stream failed: {exc}")
                 yield sse(_error_json(failure))
-                ended = (None, failure)
+                tail, ended = b"", (None, failure)
             if on_end is not None:
                 await on_end(*ended)
-            yield SSE_DONE
+            yield tail + SSE_DONE
         finally:
             run.generation.cancel()  # no-op once finished; a consumer that left early frees its sequences
+
+    @staticmethod
+    def _shaped(run: _Run, choice: ChoiceOutput, delta: Delta) -> bytes:
+        """The chunks (none, one, or a chunk and the finishing one) that `delta` becomes on the wire."""
+        text = choice.text(delta)
+        if text is not None:
+            return run.text_chunk(choice.index, *text)
+        shaped = choice.chunk(delta)
+        out = b""
+        if shaped is not None:
+            delta_out, logprobs = shaped
+            out = run.chunk([wire.ChunkChoice(index=choice.index, delta=delta_out, logprobs=logprobs)])
+        if delta.finish_reason is not None:
+            bare = choice.bare_finish()
+            out += run.bare_chunk(choice.index, bare) if bare is not None else run.chunk([choice.finish()])
+        return out
 
 
 def _check_capabilities(served: ServedModel, params: ChatParams) -> None:

@@ -101,12 +101,13 @@ class ChoiceOutput:
         return replace(delta, content=content, tool_calls=calls, finish_reason=finish)
 
     # --- a stream ------------------------------------------------------------------------------------------
-    def opening(self) -> wire.ChunkDelta | None:
-        """The delta to send before anything is generated, or None when the first waits for what comes."""
+    def opening(self) -> bool:
+        """Whether the role goes out (with empty content) before anything is generated; False when the first
+        chunk waits for what comes."""
         if not self._text_only:
-            return None
+            return False
         self._role_sent = True
-        return wire.ChunkDelta(role="assistant", content="")
+        return True
 
     def text(self, delta: Delta) -> tuple[str, str] | None:
         """Take a delta that is one piece of text alone (content or reasoning), once the role is out and no
@@ -148,6 +149,11 @@ class ChoiceOutput:
                 return None
             out.content = ""  # logprobs of text still held back by the engine
         return self._first(out), self._take()
+
+    def bare_finish(self) -> str | None:
+        """Once the finishing delta is taken: its finish_reason when the last chunk carries nothing else (the
+        role is out, no logprobs wait), as nearly always; None when `finish` must build it."""
+        return self.wire_finish if self._role_sent and not self._waiting else None
 
     def finish(self) -> wire.ChunkChoice:
         """The choice's last chunk: its finish_reason, with any logprobs still waiting. A choice that sent

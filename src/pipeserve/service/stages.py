@@ -94,10 +94,12 @@ class _StagedStream(EventStream):
 
     async def _events(self) -> AsyncGenerator[Chunk, None]:
         async for raw in self._inner:
-            if raw == SSE_DONE:
-                self._done = True
-                continue
-            yield orjson.loads(raw.removeprefix(b"data: "))
+            # One write may carry several events; JSON escapes line breaks, so a blank line ends each.
+            for event in raw.split(b"\n\n")[:-1]:
+                if event == SSE_DONE[:-2]:
+                    self._done = True
+                    continue
+                yield orjson.loads(event.removeprefix(b"data: "))
 
     async def _encode(self, events: AsyncIterator[Chunk]) -> AsyncGenerator[bytes, None]:
         async for event in events:

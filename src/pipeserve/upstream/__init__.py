@@ -9,8 +9,8 @@ API
     headers=None) -> HttpClient` (aiohttp underneath; no redirects; `total` is enforced by the engine, e.g.
     with `asyncio.timeout_at`, over retries and the whole streamed answer). `await client.request(method, url,
     *, body=None, headers=None, read_timeout=None) -> Response` (`.status`, `.headers`, `await .read()`,
-    `.lines()`, `await .close(drain=0.0)`), `await client.close()`. Failures raise `TransportError`:
-    `ConnectTimeout`, `ReadTimeout`, `ConnectFailed`, `ConnectionDropped`.
+    `.lines()`, `await .close(drain=0.0)`, `.release_if_read()`), `await client.close()`. Failures raise
+    `TransportError`: `ConnectTimeout`, `ReadTimeout`, `ConnectFailed`, `ConnectionDropped`.
 `errors`
     `UpstreamContext(model, upstream, key_env=None, secrets=())`: what messages name (the redacted URL, never
     the key); `.scrub(text)` removes `secrets` from upstream text quoted in a message (done by the functions here).

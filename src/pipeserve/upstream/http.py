@@ -100,6 +100,14 @@ class Response:
             for part in _BREAK.split(pending):
                 yield part.decode("utf-8", "replace")
 
+    def release_if_read(self) -> bool:
+        """Give the connection back to the pool now if the whole body has been read (nothing to wait for);
+        False, doing nothing, otherwise."""
+        if not self._response.content.is_eof():
+            return False
+        self._response.release()
+        return True
+
     async def close(self, *, drain: float = 0.0) -> None:
         """Done with the answer: a connection whose answer was read to its end goes back to the pool; one
         closed earlier is closed, so that the upstream sees the client leave and stops generating.

@@ -54,7 +54,8 @@ class Shaper:
         self.output = ChoiceOutput(0, chat)
 
     def opening(self) -> wire.ChunkDelta | None:
-        return self.output.opening()
+        """The delta the pipeline sends before anything is generated (`_bare_choice`'s opening), if any."""
+        return wire.ChunkDelta(role="assistant", content="") if self.output.opening() else None
 
     def reasoning(self, text: str) -> wire.ChunkDelta:
         shaped = self.output.chunk(Delta(0, reasoning=text))

@@ -87,10 +87,12 @@ class Run:
             self._fail(self.engine.total_timeout_error())
         finally:
             # Also on cancel: closing an unfinished answer closes its connection, so the upstream stops.
-            # Shielded, so that a second cancel can't leave the connection half-closed.
+            # Shielded, so that a second cancel can't leave the connection half-closed. An answer read to its
+            # end closes at once, without a task for the shield.
             try:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(stream.close())
+                if not stream.close_if_read():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(stream.close())
             finally:
                 self._stream_ended()
 

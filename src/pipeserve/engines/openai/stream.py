@@ -143,6 +143,13 @@ class UpstreamStream:
         deltas, self.buffered = self.buffered, []
         return deltas
 
+    def close_if_read(self) -> bool:
+        """Close an answer that ended and was read to its last byte, at once; False when `close` must."""
+        if not self.ended or not self.response.release_if_read():
+            return False
+        self.lease.close()
+        return True
+
     async def close(self) -> None:
         """Close the HTTP answer (an unfinished one closes its connection: the upstream stops generating)."""
         try:

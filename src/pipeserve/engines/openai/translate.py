@@ -17,8 +17,9 @@ Every field of the contract passes on, with these choices:
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from pipeserve.params import DEFAULTS, ChatMessage, ChatParams, ToolSpec
 
@@ -129,12 +130,12 @@ def affinity_text(body: dict[str, Any], chars: int) -> str:
     brings anew (a user's question), while what comes before it (the system prompt, few-shot examples, the
     conversation so far) is what requests of one application or one conversation share. Rendered message by
     message only as far as needed: a long conversation costs no more than a short one."""
-    parts = [json.dumps(body.get("tools", []), separators=(",", ":"), sort_keys=True)]
+    parts = [orjson.dumps(body.get("tools", []), option=orjson.OPT_SORT_KEYS).decode()]
     length = len(parts[0])
     messages = body["messages"]
     for message in messages[:-1] if len(messages) > 1 else messages:
         if length >= chars:
             break
-        parts.append(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
+        parts.append(orjson.dumps(message).decode())
         length += len(parts[-1])
     return "".join(parts)[:chars]

@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from pipeserve.errors import PipeserveError
 from pipeserve.server.auth import Authenticated
 from pipeserve.server.body import read_json
-from pipeserve.service.chat import EventStream
+from pipeserve.service.chat import SSE_DONE, EventStream
 from pipeserve.service.completions import CLIENT_GONE, ChatCompletions
 from pipeserve.service.metrics import Metrics
 from pipeserve.service.rate_limits import response_headers
@@ -49,7 +49,11 @@ class _EventStreamResponse(StreamingResponse):
             async with _cancelled_if_gone(receive):
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 async for chunk in self.stream:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    # `[DONE]` ends the stream: it goes out with the body's end, in one write.
+                    last = chunk.endswith(SSE_DONE)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                    if last:
+                        return
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except _ClientGone:
             pass  # a client that left is no error
