@@ -471,3 +471,47 @@ async def test_chunks_of_several_choices_and_the_usage_chunk_are_the_wire_models
             system_fingerprint=run.fingerprint,
         )
         assert run.chunk(chosen, counted) == b"data: " + model.model_dump_json().encode() + b"\n\n"
+
+
+@pytest.mark.parametrize("finish", [None, "stop", "length", "tool_calls"])
+async def test_opening_and_bare_finish_chunks_are_the_wire_models_chunks(finish: str | None) -> None:
+    """Openings and bare finishes come from cached bytes (`_bare_choice`): they must be what the models write."""
+    chat = service(TypedEngine([[Delta(0, finish_reason="stop")]]))
+    run = await chat._start(replace(PARAMS, stream=True), None, None)
+    delta = wire.ChunkDelta(role="assistant", content="") if finish is None else wire.ChunkDelta()
+    choice = wire.ChunkChoice(index=3, delta=delta, finish_reason=finish)  # type: ignore[arg-type]
+    assert run.bare_chunk(3, finish) == run.chunk([choice])
+
+
+async def test_what_arrived_together_goes_out_in_one_write_and_the_usage_with_done() -> None:
+    """Steps queued while the pipeline was busy are one write; the usage chunk, `[DONE]` and nothing after
+    are the last write; the events are those the same steps give one by one."""
+
+    class AllAtOnce(TypedEngine):
+        async def _push(self, generation: Generation) -> None:
+            generation.usage = self.reported
+            for i, step in enumerate(self.typed):
+                assert not isinstance(step, PipeserveError)
+                generation.push(step, done=i == len(self.typed) - 1)
+
+    typed: list[list[Delta] | PipeserveError] = [
+        [Delta(0, content="Hel")],
+        [Delta(0, content="lo")],
+        [Delta(0, content="!", finish_reason="stop")],
+    ]
+    params = replace(PARAMS, stream=True, include_usage=True)
+    together = service(AllAtOnce(typed))
+    run = await together._start(params, None, None)
+    writes = [write async for write in together._stream(run, None, None)]
+    assert len(writes) == 3  # the role; the content and the finish; the usage and [DONE]
+    assert writes[-1].endswith(b"\n\n" + DONE) and b'"usage":{' in writes[-1]
+    one_by_one = await collect(await service(TypedEngine(typed)).stream(params))
+    events = [event + b"\n\n" for write in writes for event in write.split(b"\n\n")[:-1]]
+    assert [strip_ids(e) for e in events] == [strip_ids(e) for e in one_by_one]
+
+
+def strip_ids(event: bytes) -> Any:
+    if event == DONE:
+        return event
+    payload = orjson.loads(event[6:])
+    return {k: v for k, v in payload.items() if k not in ("id", "created")}
