@@ -7,7 +7,7 @@ reports them (tool-call fragments, reasoning, usage)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable
 from dataclasses import replace
 from typing import Any
 
@@ -114,7 +114,7 @@ def d(index: int, text: str, tokens: int = 1, finish: str | None = None, **kw: A
     return TextDelta(index=index, text=text, tokens=tokens, finish_reason=finish, **kw)
 
 
-async def collect(stream: AsyncIterator[bytes]) -> list[bytes]:
+async def collect(stream: AsyncIterable[bytes]) -> list[bytes]:
     """The stream's events, one by one (a write may carry several)."""
     async with asyncio.timeout(2):
         writes = [write async for write in stream]
