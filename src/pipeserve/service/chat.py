@@ -271,29 +271,31 @@ class ChatService:
     ) -> AsyncGenerator[bytes, None]:
         try:
             try:
-                opening = b"".join(run.bare_chunk(choice.index, None) for choice in run.choices if choice.opening())
-                if opening:
-                    yield opening
+                # The role chunks go out with the first step's chunks, in one write: the client has the
+                # headers already, and nothing it can read comes sooner.
+                pending = b"".join(run.bare_chunk(choice.index, None) for choice in run.choices if choice.opening())
                 async for step in run.steps():
                     # One write for what one step brings: steps that arrived while the last was being sent
                     # come merged (`Generation`), and go out together.
-                    out = [self._shaped(run, run.check(delta), delta) for delta in step]
-                    if any(out):
-                        yield b"".join(out)
+                    out = pending + b"".join([self._shaped(run, run.check(delta), delta) for delta in step])
+                    if out:
+                        yield out
+                        pending = b""
                 completion = self._completion(run)
                 if grade is not None:
                     completion = await grade(completion)
-                    yield run.chunk(criteria_choices(completion))
+                    yield pending + run.chunk(criteria_choices(completion))
+                    pending = b""
                 # The usage goes out with `[DONE]`, in the stream's last write, after the log's commit.
-                tail = run.chunk([], completion.usage) if run.params.include_usage else b""
+                tail = pending + (run.chunk([], completion.usage) if run.params.include_usage else b"")
                 ended: tuple[wire.ChatCompletion | None, PipeserveError | None] = (completion, None)
             except PipeserveError as error:
-                yield sse(_error_json(error))
+                yield pending + sse(_error_json(error))
                 tail, ended = b"", (None, error)
             except Exception as exc:  # an unexpected failure mid-stream still ends the stream properly
                 log.exception("stream failed")
                 failure = EngineError(f"the stream failed: {exc}")
-                yield sse(_error_json(failure))
+                yield pending + sse(_error_json(failure))
                 tail, ended = b"", (None, failure)
             if on_end is not None:
                 await on_end(*ended)
