@@ -152,10 +152,9 @@ class _Run:
         """The engine's steps until every choice has finished; stops the engine's work however it ends. The
         consumer takes each delta through `check` before its choice does."""
         last = 0.0
-        # The labelled histograms, looked up once: a lookup costs more than an observation.
         ttft = itl = None
         if self.metrics is not None:
-            ttft, itl = self.metrics.ttft.labels(self.label), self.metrics.itl.labels(self.label)
+            ttft, itl = self.metrics.latencies(self.label)
         try:
             async for step in self.generation:
                 if self.call is not None:

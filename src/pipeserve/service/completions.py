@@ -91,7 +91,7 @@ class ChatCompletions:
 
     def _count(self, request: _Request | None, status: str) -> None:
         if self.chat.metrics is not None:
-            self.chat.metrics.requests.labels(request.served.config.id if request else "unknown", status).inc()
+            self.chat.metrics.count_request(request.served.config.id if request else "unknown", status)
 
     async def _understand(self, body: dict[str, Any], headers: Mapping[str, str], call: Call) -> _Request:
         # The logging rule needs op-log-request even when the header is malformed (it then counts as absent),

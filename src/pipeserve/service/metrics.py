@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -51,14 +52,30 @@ class Metrics:
         )
         self.prompt_totals: dict[str, list[int]] = {}  # model -> [prompt tokens, cached tokens]
         self.registry.register(_EngineCollector(models, self.prompt_totals))
+        # Labelled children, looked up once per label: a lookup costs more than an observation.
+        self._children: dict[tuple[Counter | Histogram, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def count_request(self, model: str, status: str) -> None:
+        self._child(self.requests, model, status).inc()
+
+    def latencies(self, model: str) -> tuple[Histogram, Histogram]:
+        """The time-to-first-token and inter-token histograms of `model`."""
+        return self._child(self.ttft, model), self._child(self.itl, model)
 
     def watch_log_writer(self, writer: LogWriter) -> None:
         self.registry.register(_LogWriterCollector(writer))
 
     def record_usage(self, model: str, prompt: int, cached: int, completion: int) -> None:
-        self.prompt_tokens.labels(model).inc(prompt)
-        self.cached_tokens.labels(model).inc(cached)
-        self.completion_tokens.labels(model).inc(completion)
+        self._child(self.prompt_tokens, model).inc(prompt)
+        self._child(self.cached_tokens, model).inc(cached)
+        self._child(self.completion_tokens, model).inc(completion)
         totals = self.prompt_totals.setdefault(model, [0, 0])
         totals[0] += prompt
         totals[1] += cached

@@ -244,6 +244,8 @@ class OpenAIEngine(Engine):
     ) -> list[UpstreamStream]:
         """Open every upstream request (one, or n for a fan-out) up to its first content; if one fails, close
         the others."""
+        if len(bodies) == 1:  # in this task: `_open` closes what it opened when it fails or is cancelled
+            return [await self._open(bodies[0], affinity, deadline)]
         tasks = [asyncio.create_task(self._open(body, affinity, deadline)) for body in bodies]
         try:
             return list(await asyncio.gather(*tasks))

@@ -152,6 +152,16 @@ class Run:
         """Keep `generation.usage` current: the upstream's counts where sent, else tokens counted from chunks;
         over a fan-out the prompt once, completions summed."""
         usage = self.generation.usage
+        if len(self.streams) == 1:  # nearly always: the same counts, without the lists
+            stream = self.streams[0]
+            if stream.usage is not None:
+                usage.prompt_tokens, usage.cached_tokens = stream.usage.prompt_tokens, stream.usage.cached_tokens
+                usage.completion_tokens = stream.usage.completion_tokens
+                usage.reasoning_tokens = stream.usage.reasoning_tokens
+            else:
+                usage.prompt_tokens = usage.cached_tokens = 0
+                usage.completion_tokens, usage.reasoning_tokens = stream.counted.completion, stream.counted.reasoning
+            return
         reported = [s.usage for s in self.streams if s.usage is not None]
         usage.prompt_tokens = max((u.prompt_tokens for u in reported), default=0)
         usage.cached_tokens = min((u.cached_tokens for u in reported), default=0)

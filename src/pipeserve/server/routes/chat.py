@@ -67,7 +67,7 @@ async def chat_completions(request: Request, principal: Authenticated) -> Respon
         body = await read_json(request)
     except PipeserveError as error:  # later errors are counted by the service, which knows the model
         metrics: Metrics = request.app.state.metrics
-        metrics.requests.labels("unknown", str(error.status_code)).inc()
+        metrics.count_request("unknown", str(error.status_code))
         raise
     service: ChatCompletions = request.app.state.completions
     # A stream's generation starts before the first byte, so that a bad request is a plain 4xx rather than an
