@@ -268,6 +268,7 @@ class ChatService:
     async def _stream(
         self, run: _Run, on_end: StreamEnd | None, grade: StreamGrade | None
     ) -> AsyncGenerator[bytes, None]:
+        pending = b""
         try:
             try:
                 # The role chunks go out with the first step's chunks, in one write: the client has the
