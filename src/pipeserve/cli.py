@@ -35,6 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pipeserve.errors import UnsafeBindError
     from pipeserve.keys import KeyStore
+    from pipeserve.server.access_log import AccessLog
     from pipeserve.server.app import check_bind, create_app
 
     settings = load_settings(args, _FLAG_FIELDS)
@@ -49,13 +50,20 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"pipeserve: {exc}", file=sys.stderr)
         return 2
     app = create_app(settings, reload=lambda: load_settings(args, _FLAG_FIELDS))
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=5,
-    )
+    if settings.log_level.lower() in ("debug", "info"):
+        app.access_log = AccessLog()  # uvicorn's lines, written in batches (server/access_log.py)
+    try:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        if app.access_log is not None:
+            app.access_log.flush()
     # Non-zero when the server stopped itself because a model could not serve (service/watchdog.py).
     return int(getattr(app.state, "exit_status", 0))
 

@@ -401,7 +401,11 @@ class Settings(BaseSettings):
         description="Classifier of the content filters: a module under `pipeserve.moderation` (`linear`: offline, "
         "needs the `moderation` extra: `pip install 'pipeserve[moderation]'`).",
     )
-    log_level: str = Field(default="info", description="Log level of the server (debug, info, warning, error).")
+    log_level: str = Field(
+        default="info",
+        description="Log level of the server (debug, info, warning, error). At debug and info, `pipeserve serve` "
+        "also writes uvicorn's access line for each request to standard output, in batches at most 50 ms late.",
+    )
     omp_wait_policy: Literal["default", "passive", "active"] = Field(
         default="default",
         description="How llama.cpp's OpenMP threads wait between the operations of a step. `default`: libgomp's "

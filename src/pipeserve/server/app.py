@@ -90,7 +90,7 @@ def close_stages(stages: Stages) -> None:
             stage.speaker.close()
 
 
-def create_app(settings: Settings, reload: Callable[[], Settings] | None = None) -> FastAPI:
+def create_app(settings: Settings, reload: Callable[[], Settings] | None = None) -> PipeserveApp:
     """`reload`: reads the settings again, for a reload on SIGHUP (`[[models]]` and `[[providers]]`)."""
 
     @asynccontextmanager

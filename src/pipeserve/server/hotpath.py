@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from pipeserve.server.access_log import AccessLog
 from pipeserve.server.auth import require_key
 from pipeserve.server.routes.chat import chat_completions
 
@@ -27,8 +28,11 @@ class PipeserveApp(FastAPI):
     def __init__(self, *args: Any, hot_paths: frozenset[str] = frozenset(), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.hot_paths = hot_paths  # the paths of `POST /chat/completions`, under each API prefix
+        self.access_log: AccessLog | None = None  # set by `pipeserve serve` in place of uvicorn's
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.access_log is not None and scope["type"] == "http":
+            send = self.access_log.watch(scope, send)
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.hot_paths:
             scope["app"] = self  # as Starlette sets it: `request.app` is how the route finds the services
             request = Request(scope, receive)

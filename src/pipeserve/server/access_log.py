@@ -1,0 +1,94 @@
+"""The access log: uvicorn's line for each request, written in batches.
+
+uvicorn writes its access line through `logging` (a record, a copy of it, a formatter, a lock, a write and a
+flush per request): ~0.06 ms of CPU per request in front of a fast upstream (bench/gateway.py), a twentieth
+of a streamed request's. Here the same line (same format, same colours on a terminal) is one f-string
+appended to a list, and the lines of the last `FLUSH_AFTER` seconds go out in one write: a line reaches the
+log at most that late, and a process killed meanwhile loses those lines, not a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import sys
+import urllib.parse
+from typing import Any, TextIO
+
+from starlette.types import Message, Scope, Send
+
+FLUSH_AFTER = 0.05  # seconds a line may wait for the others of its batch
+
+_COLOURS = {1: "97", 2: "32", 3: "33", 4: "31", 5: "91"}  # as uvicorn colours a status, by its class
+
+
+class AccessLog:
+    def __init__(self, stream: TextIO | None = None, *, colours: bool | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.colours = _is_tty(self.stream) if colours is None else colours
+        self._prefix = "\x1b[32mINFO\x1b[0m:     " if self.colours else "INFO:     "
+        self._lines: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._statuses: dict[int, str] = {}
+
+    def watch(self, scope: Scope, send: Send) -> Send:
+        """`send`, noting the request's line when its response starts."""
+
+        async def logged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.add(scope, message["status"])
+            await send(message)
+
+        return logged
+
+    def add(self, scope: Scope, status: int) -> None:
+        client = scope.get("client")
+        path = urllib.parse.quote(scope["path"])
+        if scope["query_string"]:
+            path = f"{path}?{scope['query_string'].decode('ascii')}"
+        request_line = f"{scope['method']} {path} HTTP/{scope['http_version']}"
+        if self.colours:
+            request_line = f"\x1b[1m{request_line}\x1b[0m"
+        address = "%s:%d" % tuple(client) if client else ""  # noqa: UP031 - uvicorn's own formatting
+        self._lines.append(f'{self._prefix}{address} - "{request_line}" {self._status(status)}\n')
+        if self._timer is None:
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._timer = self._loop.call_later(FLUSH_AFTER, self.flush)
+
+    def flush(self) -> None:
+        """Write what is waiting (also called when the server stops)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        text = "".join(self._lines)
+        self._lines.clear()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed or broken stdout must not fail the requests that follow
+            pass
+
+    def _status(self, status: int) -> str:
+        text = self._statuses.get(status)
+        if text is None:
+            try:
+                phrase = http.HTTPStatus(status).phrase
+            except ValueError:
+                phrase = ""
+            text = f"{status} {phrase}"
+            colour = _COLOURS.get(status // 100)
+            if self.colours and colour is not None:
+                text = f"\x1b[{colour}m{text}\x1b[0m"
+            self._statuses[status] = text
+        return text
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
