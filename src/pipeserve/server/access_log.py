@@ -4,7 +4,9 @@ uvicorn writes its access line through `logging` (a record, a copy of it, a form
 flush per request): ~0.06 ms of CPU per request in front of a fast upstream (bench/gateway.py), a twentieth
 of a streamed request's. Here the same line (same format, same colours on a terminal) is one f-string
 appended to a list, and the lines of the last `FLUSH_AFTER` seconds go out in one write: a line reaches the
-log at most that late, and a process killed meanwhile loses those lines, not a request.
+log at most that late, and a process killed meanwhile loses those lines, not a request. The lines come from
+the app's `send` (`PipeserveApp`), so the 500 uvicorn sends itself after an exception the app let through has
+none: uvicorn logs that exception with its traceback instead.
 """
 
 from __future__ import annotations
