@@ -46,6 +46,7 @@ class Reply:
     drop_after: int | None = None  # events sent before the connection is dropped
     done: bool = True  # end with `data: [DONE]`
     whole: bool = False  # answer with a whole JSON completion, ignoring `stream`
+    together: bool = False  # every event (and `[DONE]`) in one write, as a fast upstream's answer may arrive
 
     # --- building the chunks ---------------------------------------------------------------------------------
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> str:
@@ -172,6 +173,12 @@ class FakeUpstream:
         return StreamingResponse(self._stream(reply, events, record), media_type="text/event-stream")
 
     async def _stream(self, reply: Reply, events: list[str], record: Received) -> AsyncIterator[bytes]:
+        if reply.together:
+            yield b"".join(f"data: {data}\n\n".encode() for data in events) + (
+                b"data: [DONE]\n\n" if reply.done else b""
+            )
+            record.completed = True
+            return
         try:
             for sent, data in enumerate(events):
                 if reply.drop_after is not None and sent >= reply.drop_after:

@@ -24,6 +24,19 @@ async def test_an_unknown_context_window_is_none_unless_configured(fake: FakeUps
         assert engine.context_window == 8192
 
 
+async def test_an_answer_read_at_once_reaches_the_pipeline_as_one_step(fake: FakeUpstream) -> None:
+    """What opening the stream read (the first content) and what came with it go to the pipeline together,
+    finish included: a stream then writes them to its client at once."""
+    fake.script(Reply(pieces=["Hel", "lo", " the", "re"], together=True), Reply(pieces=["a", "b"], delay_chunks=0.2))
+    async with engine_for(fake.url) as engine:
+        steps = [step async for step in await engine.generate(params())]
+        assert len(steps) == 1
+        assert "".join(d.content for d in steps[0]) == "Hello there" and steps[0][-1].finish_reason == "stop"
+        # Events that come apart in time still go as they come: no step waits for the next.
+        paced = [step async for step in await engine.generate(params())]
+        assert ["".join(d.content for d in step) for step in paced if any(d.content for d in step)] == ["a", "b"]
+
+
 async def test_cancel_closes_the_upstream_stream(fake: FakeUpstream) -> None:
     fake.script(Reply(pieces=["tok"] * 200, delay_chunks=0.05))
     async with engine_for(fake.url) as engine:

@@ -52,8 +52,6 @@ class Run:
 
     def start(self) -> None:
         for position, stream in enumerate(self.streams):
-            self._push(position, stream.take_buffered())
-        for position, stream in enumerate(self.streams):
             task = asyncio.create_task(self._pump(position, stream), name=f"upstream:{self.engine.model_id}")
             task.add_done_callback(functools.partial(self._cancelled_early, stream=stream))
             self._tasks.append(task)
@@ -70,6 +68,10 @@ class Run:
     async def _pump(self, position: int, stream: UpstreamStream) -> None:
         self._started.add(position)
         try:
+            # What was read while opening goes with what the pump reads next without waiting (often the rest
+            # of the answer, which came in the same read): the pipeline, woken by the first push, runs once
+            # this task waits, and takes them all as one step, one write to the client.
+            self._push(position, stream.take_buffered())
             async with asyncio.timeout_at(self.deadline):
                 while not stream.ended:
                     self._push(position, await stream.next())
