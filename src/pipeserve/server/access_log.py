@@ -12,23 +12,25 @@ none: uvicorn logs that exception with its traceback instead.
 from __future__ import annotations
 
 import asyncio
-import http
+import logging
 import sys
-import urllib.parse
 from typing import Any, TextIO
 
 from starlette.types import Message, Scope, Send
+from uvicorn.logging import AccessFormatter
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 FLUSH_AFTER = 0.05  # seconds a line may wait for the others of its batch
-
-_COLOURS = {1: "97", 2: "32", 3: "33", 4: "31", 5: "91"}  # as uvicorn colours a status, by its class
 
 
 class AccessLog:
     def __init__(self, stream: TextIO | None = None, *, colours: bool | None = None) -> None:
         self.stream = stream if stream is not None else sys.stdout
         self.colours = _is_tty(self.stream) if colours is None else colours
-        self._prefix = "\x1b[32mINFO\x1b[0m:     " if self.colours else "INFO:     "
+        # uvicorn's own formatter colours the level and each status, once per status here.
+        self._formatter = AccessFormatter(use_colors=self.colours)
+        self._prefix = self._formatter.color_level_name("INFO", logging.INFO) if self.colours else "INFO"
+        self._prefix += ":     "
         self._lines: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -45,14 +47,13 @@ class AccessLog:
         return logged
 
     def add(self, scope: Scope, status: int) -> None:
-        client = scope.get("client")
-        path = urllib.parse.quote(scope["path"])
-        if scope["query_string"]:
-            path = f"{path}?{scope['query_string'].decode('ascii')}"
+        # The arguments uvicorn's access log is given, from its own helpers (typed for uvicorn's scope
+        # TypedDicts; starlette's Scope is the same dict as a plain mapping).
+        path = get_path_with_query_string(scope)  # type: ignore[arg-type]
         request_line = f"{scope['method']} {path} HTTP/{scope['http_version']}"
         if self.colours:
             request_line = f"\x1b[1m{request_line}\x1b[0m"
-        address = "%s:%d" % tuple(client) if client else ""  # noqa: UP031 - uvicorn's own formatting
+        address = get_client_addr(scope)  # type: ignore[arg-type]
         self._lines.append(f'{self._prefix}{address} - "{request_line}" {self._status(status)}\n')
         if self._timer is None:
             if self._loop is None:
@@ -77,15 +78,7 @@ class AccessLog:
     def _status(self, status: int) -> str:
         text = self._statuses.get(status)
         if text is None:
-            try:
-                phrase = http.HTTPStatus(status).phrase
-            except ValueError:
-                phrase = ""
-            text = f"{status} {phrase}"
-            colour = _COLOURS.get(status // 100)
-            if self.colours and colour is not None:
-                text = f"\x1b[{colour}m{text}\x1b[0m"
-            self._statuses[status] = text
+            text = self._statuses[status] = self._formatter.get_status_code(status)
         return text
 
 
