@@ -425,6 +425,8 @@ class Scheduler:
             chunks.append((job, chunk, last))
         if count == 0:
             return
+        fillers = self._fill_holes(work, count)
+        count += len(fillers)
         # In sequence order: llama.cpp packs only runs of consecutive sequence ids into one sub-batch.
         batch = self.model.batch
         rows: dict[int, int] = {}
@@ -437,7 +439,10 @@ class Scheduler:
             if wants_logits:
                 rows[seq] = i - 1
         batch.n_tokens = count
-        status = self.model.decode()
+        try:
+            status = self.model.decode()
+        finally:
+            self._drop_fillers(fillers)
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
         finishing: list[Job] = []
@@ -461,6 +466,30 @@ class Scheduler:
             for slot in job.slots:
                 self._sample(slot, self.model, rows[host.seq], outputs)
         self._deliver(outputs)
+
+    def _fill_holes(self, work: dict[int, tuple[list[int], int, bool]], count: int) -> list[Slot]:
+        """Give each idle sequence between two that step a throw-away token (added to `work`), so that the step's
+        sequence ids are one run: llama.cpp computes a step in one sub-batch per run of consecutive ids, each a
+        pass over all the weights (14 sequences decoding in 3 runs: 79 ms a step; with the 2 idle ones filled:
+        54 ms, as 16). Returns the idle slots given one, whose token `_drop_fillers` removes after the step."""
+        if len(work) < 2 or max(work) - min(work) + 1 == len(work):
+            return []
+        fillers: list[Slot] = []
+        for seq in range(min(work) + 1, max(work)):
+            if seq in work:
+                continue
+            slot = self.slots[seq]
+            end = len(slot.tokens)  # an idle slot's tokens are exactly its stream's entries
+            if slot.job is not None or end + 1 >= self.window or count + len(fillers) >= self.batch_size:
+                continue  # busy elsewhere (its own prefill waits), or no room: that run stays split
+            work[seq] = ([slot.tokens[-1] if slot.tokens else self.model.bos], end, False)
+            fillers.append(slot)
+        return fillers
+
+    def _drop_fillers(self, fillers: list[Slot]) -> None:
+        for slot in fillers:
+            if not self.model.seq_truncate(slot.seq, len(slot.tokens)):
+                slot.clear(self.model)  # a memory that can't drop one position: the cached prefix goes instead
 
     # --- the solo lane -------------------------------------------------------------------------------
     def _alone(self) -> Slot | None:
