@@ -9,6 +9,7 @@ tokens were within that tolerance of each other.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 # Rounding moves a log-probability by ~0.12 nats at most here; reading another sequence's KV entries would
@@ -33,3 +34,19 @@ def path(choice: Any) -> list[dict[str, Any]]:
     """`logprobs.content` of a choice, from the openai SDK's object or from JSON."""
     logprobs = choice["logprobs"] if isinstance(choice, dict) else choice.logprobs.model_dump()
     return list(logprobs["content"])
+
+
+async def generate_greedy(engine: Any, params: Any, *, steps: asyncio.Event | None = None) -> Any:
+    """Run `params` on an engine directly: the choice's text, its logprobs path (as `assert_same_greedy_path`
+    compares them) and the generation's usage. `steps`, if given, is set once four tokens came."""
+    generation = await engine.generate(params)
+    text, path = "", []
+    async for step in generation:
+        for delta in step:
+            text += delta.content
+            for lp in delta.logprobs or []:
+                top = [{"token": t.token, "logprob": t.logprob} for t in lp.top]
+                path.append({"token": lp.token, "logprob": lp.logprob, "top_logprobs": top})
+        if steps is not None and len(path) >= 4:
+            steps.set()
+    return text, path, generation.usage

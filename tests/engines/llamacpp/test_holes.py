@@ -4,7 +4,6 @@ step in one sub-batch), which leaves its cached entries and the others' answers 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import llama_cpp as llama
 
@@ -13,6 +12,7 @@ from pipeserve.engines.llamacpp.model import LlamaModel
 from pipeserve.params import ChatMessage, ChatParams, SamplingParams
 from pipeserve.settings import ModelConfig
 from tests.greedy import assert_same_greedy_path
+from tests.greedy import generate_greedy as _run
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -26,18 +26,6 @@ def _params(prompt: str, max_tokens: int, history: tuple[ChatMessage, ...] = ())
         logprobs=True,
         top_logprobs=3,
     )
-
-
-async def _run(engine: LlamaCppEngine, params: ChatParams) -> tuple[str, list[dict[str, Any]], Any]:
-    generation = await engine.generate(params)
-    text, path = "", []
-    async for step in generation:
-        for delta in step:
-            text += delta.content
-            for lp in delta.logprobs or []:
-                top = [{"token": t.token, "logprob": t.logprob} for t in lp.top]
-                path.append({"token": lp.token, "logprob": lp.logprob, "top_logprobs": top})
-    return text, path, generation.usage
 
 
 def _record_batches(model: LlamaModel) -> list[list[tuple[int, bool]]]:

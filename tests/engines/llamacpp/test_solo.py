@@ -10,7 +10,6 @@ import os
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import llama_cpp as llama
 import pytest
@@ -24,6 +23,7 @@ from pipeserve.errors import EngineError
 from pipeserve.params import ChatMessage, ChatParams, SamplingParams
 from pipeserve.settings import ModelConfig
 from tests.greedy import assert_same_greedy_path
+from tests.greedy import generate_greedy as _greedy
 
 MODEL = "SmolLM2-135M-Instruct"
 PROMPT = "Write three sentences about the ocean."
@@ -77,21 +77,6 @@ def _params(prompt: str = PROMPT, *, max_tokens: int = 32, history: tuple[ChatMe
         logprobs=True,
         top_logprobs=5,
     )
-
-
-async def _greedy(engine: LlamaCppEngine, params: ChatParams, *, steps: asyncio.Event | None = None) -> Any:
-    """The choice's text and logprobs path (as tests/greedy.py compares them) and the generation's usage."""
-    generation = await engine.generate(params)
-    text, path = "", []
-    async for step in generation:
-        for delta in step:
-            text += delta.content
-            for lp in delta.logprobs or []:
-                top = [{"token": t.token, "logprob": t.logprob} for t in lp.top]
-                path.append({"token": lp.token, "logprob": lp.logprob, "top_logprobs": top})
-        if steps is not None and len(path) >= 4:
-            steps.set()
-    return text, path, generation.usage
 
 
 async def _idle(scheduler: Scheduler) -> None:

@@ -472,10 +472,11 @@ class Scheduler:
         sequence ids are one run: llama.cpp computes a step in one sub-batch per run of consecutive ids, each a
         pass over all the weights (14 sequences decoding in 3 runs: 79 ms a step; with the 2 idle ones filled:
         54 ms, as 16). Returns the idle slots given one, whose token `_drop_fillers` removes after the step."""
-        if len(work) < 2 or max(work) - min(work) + 1 == len(work):
+        low, high = min(work), max(work)
+        if high - low + 1 == len(work):
             return []
         fillers: list[Slot] = []
-        for seq in range(min(work) + 1, max(work)):
+        for seq in range(low + 1, high):
             if seq in work:
                 continue
             slot = self.slots[seq]
