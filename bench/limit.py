@@ -34,6 +34,8 @@ import serving  # bench/serving.py: the workloads, the weight choice
 
 from pipeserve.engines.llamacpp.engine import LlamaCppEngine
 from pipeserve.engines.llamacpp.model import LlamaModel
+from pipeserve.engines.llamacpp.options import embedded_gguf_path
+from pipeserve.engines.llamacpp.scheduler import Scheduler
 from pipeserve.engines.llamacpp.weights import Choice, choose
 from pipeserve.params import ChatMessage, ChatParams, SamplingParams
 from pipeserve.settings import ModelConfig
@@ -78,8 +80,7 @@ def _alone(choice: Choice, workload: serving.Workload) -> Measured:
 
         def decode(entries: list[tuple[int, int, int, bool]]) -> None:
             for i, (token, pos, seq, logits) in enumerate(entries):
-                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
-                batch.seq_id[i][0], batch.logits[i] = seq, logits
+                Scheduler._put(batch, i, token, pos, seq, logits)  # the batch written as the engine writes it
             batch.n_tokens = len(entries)
             began = time.perf_counter()
             if model.decode() != 0:
@@ -132,7 +133,7 @@ async def _engine(cache: Path, workload: serving.Workload) -> Measured:
             generation = await engine.generate(params)
             async for _ in generation:
                 pass
-            return int(generation.usage.completion_tokens or 0)
+            return generation.usage.completion_tokens
 
         async def client() -> None:
             nonlocal tokens
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of both ways, alternating (default: 2)")
     parser.add_argument("--cache-dir", type=Path, default=Path(__file__).resolve().parent / ".cache")
     args = parser.parse_args(argv)
-    gguf = serving.embedded_gguf_path()
+    gguf = embedded_gguf_path()
     keys = {k.strip().upper() for k in args.workloads.split(",")} & {"W1", "W2"}
     workloads = [w for w in serving.build_workloads(serving.Tokenizer(gguf), quick=False) if w.key in keys]
     if not workloads:
