@@ -31,6 +31,14 @@ p50/p95, inter-token latency (ITL: gaps between consecutive content chunks, pool
 and the peak RSS of the server process and its children (``/proc/<pid>/status`` VmRSS sampled every 0.1 s).
 Then pipeserve's ratios to each peer, next to the goals.
 
+All the servers of a run are started together, fresh, and each workload runs on every server back to back
+before the next workload starts (the servers' order alternating from one workload to the next), so that the two
+sides of a ratio are measured minutes apart: this machine's speed drifts by 10-15% within an hour, which one
+whole pass per server (about 20 minutes) put straight into the ratios. ``--rounds N`` repeats all of it N times,
+servers restarted, the order of the first workload alternating between rounds, and judges the goals on each
+ratio's median over the rounds (each round's value printed beside it). Idle servers take no CPU (the ``other``
+column shows it if one did).
+
 Each server gets a warm-up that is not measured (2 short requests and ``concurrency`` connections opened),
 with prompts unrelated to the workloads, so that W1's shared prompt is not in any prefix cache before W1.
 Every request has a timeout (``--request-timeout``, 600 s) and the whole run a time cap (``--time-cap``);
@@ -47,10 +55,11 @@ OpenSSL) and only the ``llama-server`` target is built (several minutes on 2 cor
 Run it from the repository root with the project's virtualenv active, installed with the ``bench`` extra
 (``pip install -e '.[test,bench]'``: llama-cpp-python's server needs sse-starlette and starlette-context)::
 
-    python bench/serving.py                      # all three servers, full counts (about 10 minutes)
+    python bench/serving.py                      # all four servers, full counts (about 22 minutes)
     python bench/serving.py --quick --servers pipeserve,llama-server
     python bench/serving.py --build-only         # just build llama-server into the cache
     python bench/serving.py --json-out /tmp/serving.json
+    python bench/serving.py --rounds 3 --only llama-cpp-python=W1   # medians of 3 rounds (about 50 minutes)
 """
 
 from __future__ import annotations
@@ -66,6 +75,7 @@ import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -73,7 +83,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -463,11 +473,11 @@ class Running:
 
 
 @contextmanager
-def running_server(spec: ServerSpec, log_dir: Path) -> Iterator[Running]:
+def running_server(spec: ServerSpec, log_dir: Path, *, round_: int = 0) -> Iterator[Running]:
     """Start one server on a free loopback port, wait until it answers, yield it, always stop it."""
     port = free_port()
     scratch = Path(tempfile.mkdtemp(prefix=f"serving-{spec.name}-"))
-    log_path = log_dir / f"{spec.name}.log"
+    log_path = log_dir / f"{spec.name}{f'-r{round_ + 1}' if round_ else ''}.log"
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     with log_path.open("wb") as log:
@@ -728,6 +738,7 @@ def percentile(values: list[float], q: float) -> float | None:
 class RunResult:
     workload: str
     server: str
+    round: int  # --rounds: which round (0, 1, ...) measured it
     requests: int
     errors: int
     tokens: int
@@ -759,6 +770,8 @@ def summarize(
     peak: int,
     loaded: int,
     cpu: CpuMeter,
+    *,
+    round_: int = 0,
 ) -> RunResult:
     capacity = cpu.wall_s * (os.cpu_count() or 1)
     ok = [r for r in results if r.error is None]
@@ -768,6 +781,7 @@ def summarize(
     return RunResult(
         workload=workload.key,
         server=server,
+        round=round_,
         requests=len(results),
         errors=len(results) - len(ok),
         tokens=tokens,
@@ -792,72 +806,120 @@ def summarize(
     )
 
 
-async def benchmark_server(
-    running: Running,
-    name: str,
-    workloads: list[Workload],
-    *,
-    timeout: float,
-    deadline: float,
-    quiet_wait: float = 0.0,
-) -> list[RunResult]:
+@dataclass
+class Contender:
+    """One running server with its client and the workloads it is to run."""
+
+    name: str
+    running: Running
+    client: openai.AsyncOpenAI
+    workloads: set[str]
+
+
+def make_client(url: str, timeout: float) -> openai.AsyncOpenAI:
     # Idle connections are dropped after 2 s, before the servers' own keep-alive timeouts (llama-server: 5 s)
     # could close one just as a request is sent on it (a spurious "Connection error").
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100, keepalive_expiry=2.0)
-    client = openai.AsyncOpenAI(
-        base_url=f"{running.url}/v1",
+    return openai.AsyncOpenAI(
+        base_url=f"{url}/v1",
         api_key="bench",
         max_retries=0,
         timeout=timeout,
         http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout),
     )
+
+
+async def warm_up(contender: Contender, width: int, *, timeout: float) -> None:
+    started = time.monotonic()
+    for i in range(2):
+        warm = await one_request(contender.client, WARMUP_MESSAGES, index=-1 - i, max_tokens=16, timeout=timeout)
+        if warm.error is not None:
+            raise RuntimeError(f"{contender.name}: warm-up request failed: {warm.error}")
+    await asyncio.gather(*(contender.client.models.list() for _ in range(width)))
+    print(f"{contender.name}: warm-up {time.monotonic() - started:.1f} s", flush=True)
+
+
+async def run_one(
+    contender: Contender, workload: Workload, *, round_: int, timeout: float, deadline: float, quiet_wait: float
+) -> RunResult | None:
+    """One workload on one server; None when the time cap ran out."""
+    name, pid = contender.name, contender.running.pid
+    waited = wait_for_quiet(pid, min(quiet_wait, max(0.0, deadline - time.monotonic())))
+    if waited > 5:  # the 3 quiet seconds themselves are not worth a line
+        print(f"{name}: waited {waited:.0f} s for other processes to leave the CPUs alone", flush=True)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        print(f"{name}: time cap reached, {workload.key} skipped", flush=True)
+        return None
+    print(
+        f"{name}: {workload.key} {workload.name}: {len(workload.prompts)} requests x{workload.concurrency}, "
+        f"max_tokens {workload.max_tokens} ...",
+        flush=True,
+    )
+    loaded = rss_bytes(pid)
+    with RssSampler(pid) as sampler, CpuMeter(pid) as cpu:
+        try:
+            results, seconds = await asyncio.wait_for(
+                run_workload(contender.client, workload, timeout=timeout), timeout=remaining
+            )
+        except TimeoutError:
+            print(f"{name}: time cap reached during {workload.key}; stopping", flush=True)
+            return None
+    run = summarize(workload, name, results, seconds, sampler.peak, loaded, cpu, round_=round_)
+    for r in results:
+        if r.error is not None:
+            print(f"  request {r.index} failed: {r.error}", flush=True)
+    print(f"{name}: {workload.key} done in {seconds:.1f} s: {run.tokens} tokens, {run.tok_s:.1f} tok/s", flush=True)
+    return run
+
+
+async def benchmark_round(
+    started: list[tuple[str, Running, set[str]]],
+    workloads: list[Workload],
+    failures: dict[str, str],
+    *,
+    round_: int,
+    timeout: float,
+    deadline: float,
+    quiet_wait: float,
+) -> list[RunResult]:
+    """Every workload on every running server, back to back, so that the two sides of each ratio are measured
+    minutes apart rather than a whole server's pass apart (this machine's speed drifts 10-15% within an hour).
+    The servers' order alternates from one workload to the next and between rounds: none always goes first."""
+    contenders = [Contender(name, running, make_client(running.url, timeout), keys) for name, running, keys in started]
+    runs: list[RunResult] = []
     try:
-        started = time.monotonic()
-        for i in range(2):
-            warm = await one_request(client, WARMUP_MESSAGES, index=-1 - i, max_tokens=16, timeout=timeout)
-            if warm.error is not None:
-                raise RuntimeError(f"{name}: warm-up request failed: {warm.error}")
         width = max(w.concurrency for w in workloads)
-        await asyncio.gather(*(client.models.list() for _ in range(width)))
-        print(f"{name}: warm-up {time.monotonic() - started:.1f} s", flush=True)
-        runs: list[RunResult] = []
-        for workload in workloads:
-            waited = wait_for_quiet(running.pid, min(quiet_wait, max(0.0, deadline - time.monotonic())))
-            if waited > 5:  # the 3 quiet seconds themselves are not worth a line
-                print(f"{name}: waited {waited:.0f} s for other processes to leave the CPUs alone", flush=True)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                print(f"{name}: time cap reached, {workload.key} skipped", flush=True)
-                break
-            print(
-                f"{name}: {workload.key} {workload.name}: {len(workload.prompts)} requests x{workload.concurrency}, "
-                f"max_tokens {workload.max_tokens} ...",
-                flush=True,
-            )
-            loaded = rss_bytes(running.pid)
-            with RssSampler(running.pid) as sampler, CpuMeter(running.pid) as cpu:
-                try:
-                    results, seconds = await asyncio.wait_for(
-                        run_workload(client, workload, timeout=timeout), timeout=remaining
-                    )
-                except TimeoutError:
-                    print(f"{name}: time cap reached during {workload.key}; stopping", flush=True)
-                    break
-            run = summarize(workload, name, results, seconds, sampler.peak, loaded, cpu)
-            for r in results:
-                if r.error is not None:
-                    print(f"  request {r.index} failed: {r.error}", flush=True)
-            print(
-                f"{name}: {workload.key} done in {seconds:.1f} s: {run.tokens} tokens, {run.tok_s:.1f} tok/s",
-                flush=True,
-            )
-            runs.append(run)
+        ready: list[Contender] = []
+        for contender in contenders:
+            try:
+                await warm_up(contender, width, timeout=timeout)
+                ready.append(contender)
+            except RuntimeError as exc:
+                print(str(exc), flush=True)
+                failures[contender.name] = str(exc)
+        for step, workload in enumerate(workloads):
+            order = ready if (round_ + step) % 2 == 0 else ready[::-1]
+            for contender in order:
+                if workload.key not in contender.workloads:
+                    continue
+                run = await run_one(
+                    contender, workload, round_=round_, timeout=timeout, deadline=deadline, quiet_wait=quiet_wait
+                )
+                if run is None:
+                    return runs
+                runs.append(run)
         return runs
     finally:
-        await client.close()
+        for contender in contenders:
+            await contender.client.close()
 
 
 # --- the report -------------------------------------------------------------------------------------------
+Ratios = dict[str, dict[str, dict[str, float | None]]]  # {peer: {workload: {metric: pipeserve / peer}}}
+PEAK = "peak"  # the pseudo-workload under which the ratio of peak RSS (over all workloads) is kept
+
+
 def ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.0f}"
 
@@ -874,10 +936,15 @@ def fx(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def peer_ratios(runs: list[RunResult]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """{peer: {workload: {tok_s, ttft_p50, itl_p50, rss}}}: pipeserve's value divided by the peer's."""
+def peer_ratios(runs: list[RunResult]) -> Ratios:
+    """pipeserve's value divided by each peer's, per workload, from runs of one round."""
     index = {(r.workload, r.server): r for r in runs}
-    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    out: Ratios = {}
+
+    def peak(server: str) -> int | None:
+        values = [r.peak_rss_bytes for r in runs if r.server == server]
+        return max(values) if values else None
+
     for peer in PEERS:
         for key in dict.fromkeys(r.workload for r in runs):
             ours, theirs = index.get((key, "pipeserve")), index.get((key, peer))
@@ -889,44 +956,50 @@ def peer_ratios(runs: list[RunResult]) -> dict[str, dict[str, dict[str, float | 
                 "itl_p50": ratio(ours.itl_p50_s, theirs.itl_p50_s),
                 "rss": ratio(ours.peak_rss_bytes, theirs.peak_rss_bytes),
             }
+        if peer in out:
+            out[peer][PEAK] = {"rss": ratio(peak("pipeserve"), peak(peer))}
     return out
 
 
-def goals(runs: list[RunResult]) -> list[tuple[str, float | None, bool | None]]:
-    ratios = peer_ratios(runs)
-
-    def get(peer: str, key: str, metric: str) -> float | None:
-        return ratios.get(peer, {}).get(key, {}).get(metric)
-
-    def peak(server: str) -> int | None:
-        values = [r.peak_rss_bytes for r in runs if r.server == server]
-        return max(values) if values else None
-
-    shipped, same = "llama-server", "llama-server-converted"
-    checks: list[tuple[str, float | None, float, bool]] = [  # (label, value, bound, at least)
-        ("W1 cold tok/s >= 2.0x llama-server (shipped file)", get(shipped, "W1", "tok_s"), 2.0, True),
-        ("W1 cold tok/s >= 1.3x llama-server (converted file)", get(same, "W1", "tok_s"), 1.3, True),
-        ("W1 warm tok/s >= 1.5x llama-server (shipped file)", get(shipped, "W1w", "tok_s"), 1.5, True),
-        ("W1 warm tok/s >= 1.0x llama-server (converted file)", get(same, "W1w", "tok_s"), 1.0, True),
-        ("W2 tok/s >= 1.5x llama-server (shipped file)", get(shipped, "W2", "tok_s"), 1.5, True),
-        ("W2 tok/s >= 1.0x llama-server (converted file)", get(same, "W2", "tok_s"), 1.0, True),
-        ("W3 TTFT p50 <= 0.7x llama-server (shipped file)", get(shipped, "W3", "ttft_p50"), 0.7, False),
-        ("W3 TTFT p50 <= 1.0x llama-server (converted file)", get(same, "W3", "ttft_p50"), 1.0, False),
-        ("W3 ITL p50 <= 1.0x llama-server (shipped file)", get(shipped, "W3", "itl_p50"), 1.0, False),
-        ("W3 ITL p50 <= 1.05x llama-server (converted file)", get(same, "W3", "itl_p50"), 1.05, False),
-        ("peak RSS <= 1.5x llama-server (shipped file)", ratio(peak("pipeserve"), peak(shipped)), 1.5, False),
-        ("peak RSS <= 1.5x llama-server (converted file)", ratio(peak("pipeserve"), peak(same)), 1.5, False),
-        ("W1 cold tok/s >= 5x llama-cpp-python", get("llama-cpp-python", "W1", "tok_s"), 5.0, True),
-    ]
-    return [
-        (label, value, None if value is None else (value >= bound if at_least else value <= bound))
-        for label, value, bound, at_least in checks
-    ]
+def median_ratios(rounds: list[Ratios]) -> Ratios:
+    """Each ratio's median over the rounds that measured it."""
+    out: Ratios = {}
+    for table in rounds:
+        for peer, keys in table.items():
+            for key, metrics in keys.items():
+                slot = out.setdefault(peer, {}).setdefault(key, {})
+                for metric in metrics:
+                    values = [v for t in rounds if (v := t.get(peer, {}).get(key, {}).get(metric)) is not None]
+                    slot[metric] = statistics.median(values) if values else None
+    return out
 
 
-def report(
-    runs: list[RunResult], workloads: list[Workload], failures: dict[str, str], pipeserve_options: list[str]
-) -> str:
+GOALS: list[tuple[str, str, str, str, float, bool]] = [  # (label, peer, workload, metric, bound, at least)
+    ("W1 cold tok/s >= 2.0x llama-server (shipped file)", "llama-server", "W1", "tok_s", 2.0, True),
+    ("W1 cold tok/s >= 1.3x llama-server (converted file)", "llama-server-converted", "W1", "tok_s", 1.3, True),
+    ("W1 warm tok/s >= 1.5x llama-server (shipped file)", "llama-server", "W1w", "tok_s", 1.5, True),
+    ("W1 warm tok/s >= 1.0x llama-server (converted file)", "llama-server-converted", "W1w", "tok_s", 1.0, True),
+    ("W2 tok/s >= 1.5x llama-server (shipped file)", "llama-server", "W2", "tok_s", 1.5, True),
+    ("W2 tok/s >= 1.0x llama-server (converted file)", "llama-server-converted", "W2", "tok_s", 1.0, True),
+    ("W3 TTFT p50 <= 0.7x llama-server (shipped file)", "llama-server", "W3", "ttft_p50", 0.7, False),
+    ("W3 TTFT p50 <= 1.0x llama-server (converted file)", "llama-server-converted", "W3", "ttft_p50", 1.0, False),
+    ("W3 ITL p50 <= 1.0x llama-server (shipped file)", "llama-server", "W3", "itl_p50", 1.0, False),
+    ("W3 ITL p50 <= 1.05x llama-server (converted file)", "llama-server-converted", "W3", "itl_p50", 1.05, False),
+    ("peak RSS <= 1.5x llama-server (shipped file)", "llama-server", PEAK, "rss", 1.5, False),
+    ("peak RSS <= 1.5x llama-server (converted file)", "llama-server-converted", PEAK, "rss", 1.5, False),
+    ("W1 cold tok/s >= 5x llama-cpp-python", "llama-cpp-python", "W1", "tok_s", 5.0, True),
+]
+
+
+def goals(ratios: Ratios) -> list[tuple[str, float | None, bool | None]]:
+    out: list[tuple[str, float | None, bool | None]] = []
+    for label, peer, key, metric, bound, at_least in GOALS:
+        value = ratios.get(peer, {}).get(key, {}).get(metric)
+        out.append((label, value, None if value is None else (value >= bound if at_least else value <= bound)))
+    return out
+
+
+def header_lines(workloads: list[Workload], pipeserve_options: list[str]) -> list[str]:
     lines = [
         f"model: {MODEL} Q4_1   cpus: {os.cpu_count()}   python: {platform.python_version()}   "
         f"llama-cpp-python: {importlib.metadata.version('llama-cpp-python')}   context: {CONTEXT}   "
@@ -940,24 +1013,60 @@ def report(
             f"{w.key} {w.name}: {len(w.prompts)} requests, {w.concurrency} concurrent, max_tokens {w.max_tokens}, "
             f"prompt text {min(sizes)}-{max(sizes)} tokens (+ chat template)"
         )
-    lines.append("")
+    return lines
+
+
+def round_table(runs: list[RunResult], workloads: list[Workload]) -> list[str]:
     header = (
-        f"{'workload':<16} {'server':<17} {'reqs':>5} {'tokens':>6} {'length':>6} {'wall s':>7} {'tok/s':>7}"
+        f"{'workload':<16} {'server':<22} {'reqs':>5} {'tokens':>6} {'length':>6} {'wall s':>7} {'tok/s':>7}"
         f" {'req/s':>6} {'TTFT p50':>8} {'TTFT p95':>8} {'ITL p50':>7} {'ITL p95':>7} {'RSS MiB':>7}"
         f" {'srv CPU':>7} {'other':>5}"
     )
-    lines += [header, "-" * len(header)]
+    lines = [header, "-" * len(header)]
     names = {w.key: f"{w.key} {w.name}" for w in workloads}
     for w in workloads:
         for r in (r for r in runs if r.workload == w.key):
             reqs = str(r.requests) if not r.errors else f"{r.requests}({r.errors}!)"
             tokens = str(r.tokens) if r.usage_reported else f"{r.tokens}*"
             lines.append(
-                f"{names[r.workload]:<16} {r.server:<17} {reqs:>5} {tokens:>6} {r.finish_length:>6}"
+                f"{names[r.workload]:<16} {r.server:<22} {reqs:>5} {tokens:>6} {r.finish_length:>6}"
                 f" {r.seconds:>7.1f} {r.tok_s:>7.1f} {r.req_s:>6.2f} {ms(r.ttft_p50_s):>8} {ms(r.ttft_p95_s):>8}"
                 f" {ms(r.itl_p50_s):>7} {ms(r.itl_p95_s):>7} {mib(r.peak_rss_bytes):>7}"
                 f" {r.server_cpu_pct:>6.0f}% {r.other_cpu_pct:>4.0f}%"
             )
+    return lines
+
+
+def ratio_lines(ratios: Ratios, workloads: list[Workload], rounds: list[Ratios]) -> list[str]:
+    """The ratio tables; with several rounds each cell is the median and each round's value follows it."""
+    names = {w.key: f"{w.key} {w.name}" for w in workloads} | {PEAK: "peak (all)"}
+    several = len(rounds) > 1
+    lines: list[str] = []
+    for peer in PEERS:
+        if peer not in ratios:
+            continue
+        lines += ["", f"pipeserve / {peer}{' (median of the rounds)' if several else ''}:"]
+        lines.append(f"  {'workload':<16} {'tok/s':>7} {'TTFT p50':>9} {'ITL p50':>8} {'RSS':>6}")
+        for key, values in ratios[peer].items():
+            cells = [fx(values.get(m)) for m in ("tok_s", "ttft_p50", "itl_p50", "rss")]
+            line = f"  {names.get(key, key):<16} {cells[0]:>7} {cells[1]:>9} {cells[2]:>8} {cells[3]:>6}"
+            if several:  # each round's values of the metrics that goals are set on
+                metrics = ["rss"] if key == PEAK else ["ttft_p50", "itl_p50"] if key == "W3" else ["tok_s"]
+                each = [f"{m} " + " ".join(fx(t.get(peer, {}).get(key, {}).get(m)) for t in rounds) for m in metrics]
+                line += f"   rounds: {'; '.join(each)}"
+            lines.append(line)
+    return lines
+
+
+def report(
+    runs: list[RunResult], workloads: list[Workload], failures: dict[str, str], pipeserve_options: list[str]
+) -> str:
+    rounds = sorted({r.round for r in runs}) or [0]
+    per_round = [peer_ratios([r for r in runs if r.round == n]) for n in rounds]
+    lines = header_lines(workloads, pipeserve_options)
+    for n in rounds:
+        lines += ["", f"round {n + 1} of {len(rounds)}:"] if len(rounds) > 1 else [""]
+        lines += round_table([r for r in runs if r.round == n], workloads)
     lines += [
         "",
         "tokens: sum of usage.completion_tokens (* = content chunks, the server sent no usage); length: requests",
@@ -974,24 +1083,19 @@ def report(
         lines.append(f"WARNING: other processes used > 10% of the CPUs during: {', '.join(noisy)}; rerun those.")
     for name, error in failures.items():
         lines.append(f"{name}: FAILED: {error.splitlines()[0] if error else ''}")
-    ratios = peer_ratios(runs)
-    for peer in PEERS:
-        if peer not in ratios:
-            continue
-        lines += [
-            "",
-            f"pipeserve / {peer}:",
-            f"  {'workload':<16} {'tok/s':>7} {'TTFT p50':>9} {'ITL p50':>8} {'RSS':>6}",
-        ]
-        for key, values in ratios[peer].items():
-            lines.append(
-                f"  {names.get(key, key):<16} {fx(values['tok_s']):>7} {fx(values['ttft_p50']):>9}"
-                f" {fx(values['itl_p50']):>8} {fx(values['rss']):>6}"
-            )
-    lines += ["", "goals (pipeserve vs peer):"]
-    for label, value, passed in goals(runs):
+    ratios = median_ratios(per_round)
+    lines += ratio_lines(ratios, workloads, per_round)
+    several = len(per_round) > 1
+    lines += ["", f"goals (pipeserve vs peer{', medians of the rounds' if several else ''}):"]
+    verdicts = [goals(t) for t in per_round]
+    for i, (label, value, passed) in enumerate(goals(ratios)):
         verdict = "-" if passed is None else ("PASS" if passed else "MISS")
-        lines.append(f"  {label:<52} {fx(value):>7}  {verdict}")
+        line = f"  {label:<52} {fx(value):>7}  {verdict}"
+        if several:
+            line += "   rounds: " + " ".join("-" if v[i][2] is None else "+" if v[i][2] else "x" for v in verdicts)
+        lines.append(line)
+    met = sum(1 for _, _, passed in goals(ratios) if passed)
+    lines.append(f"  {met} of {len(GOALS)} goals met")
     return "\n".join(lines)
 
 
@@ -1034,6 +1138,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="an extra line for pipeserve's [[models]] table, in TOML (e.g. prefill_chunk=512); repeatable",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the whole comparison this many times, servers restarted each round; ratios and goals are "
+        "then the medians of the rounds' ratios (default 1)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="SERVER=W1,...",
+        help="run just these workloads on SERVER (e.g. llama-cpp-python=W1: its one goal is on W1); repeatable",
+    )
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the servers' logs here (default: temporary)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the results as JSON to this path")
     args = parser.parse_args(argv)
@@ -1042,6 +1160,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in servers if s not in SERVERS]
     if unknown or not servers:
         parser.error(f"--servers: unknown {unknown}; choose from {', '.join(SERVERS)}")
+
+    only: dict[str, set[str]] = {}
+    for item in args.only:
+        server, _, keys = item.partition("=")
+        if server.strip() not in SERVERS or not keys.strip():
+            parser.error(f"--only {item!r}: expected SERVER=W1[,W2...] with SERVER one of {', '.join(SERVERS)}")
+        only[server.strip()] = {k.strip() for k in keys.split(",") if k.strip()}
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
 
     began = time.monotonic()
     deadline = began + args.time_cap
@@ -1075,28 +1202,37 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="serving-logs-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     print(f"server logs in {log_dir}", flush=True)
-    for name in servers:
+    every = {w.key for w in workloads}
+    for round_ in range(args.rounds):
         if time.monotonic() > deadline:
-            failures[name] = "time cap reached before it started"
-            continue
+            failures[f"round {round_ + 1}"] = "time cap reached before it started"
+            break
+        if args.rounds > 1:
+            print(f"round {round_ + 1} of {args.rounds}", flush=True)
         started = time.monotonic()
-        try:
-            with running_server(specs[name], log_dir) as running:
-                timings[f"{name} startup"] = running.startup_s
-                runs += asyncio.run(
-                    benchmark_server(
-                        running,
-                        name,
-                        workloads,
-                        timeout=args.request_timeout,
-                        deadline=deadline,
-                        quiet_wait=args.quiet_wait,
-                    )
+        with ExitStack() as stack:  # every server of the round up at once, all stopped at its end
+            up: list[tuple[str, Running, set[str]]] = []
+            for name in servers:
+                try:
+                    running = stack.enter_context(running_server(specs[name], log_dir, round_=round_))
+                except RuntimeError as exc:
+                    print(f"{name}: {exc}", flush=True)
+                    failures[name] = str(exc)
+                    continue
+                timings[f"{name} startup{f' r{round_ + 1}' if args.rounds > 1 else ''}"] = running.startup_s
+                up.append((name, running, only.get(name, every)))
+            runs += asyncio.run(
+                benchmark_round(
+                    up,
+                    workloads,
+                    failures,
+                    round_=round_,
+                    timeout=args.request_timeout,
+                    deadline=deadline,
+                    quiet_wait=args.quiet_wait,
                 )
-        except RuntimeError as exc:
-            print(f"{name}: {exc}", flush=True)
-            failures[name] = str(exc)
-        timings[f"{name} total"] = time.monotonic() - started
+            )
+        timings[f"round {round_ + 1}"] = time.monotonic() - started
     timings["run"] = time.monotonic() - began
 
     chosen = f"weights chosen: {choice.name}" + ("" if choice.solo is None else f", solo lane: {choice.solo.name}")
@@ -1106,6 +1242,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("timings: " + ", ".join(f"{key} {value:.0f} s" for key, value in timings.items()))
     if args.json_out is not None:
+        per_round = [peer_ratios([r for r in runs if r.round == n]) for n in sorted({r.round for r in runs})]
+        ratios = median_ratios(per_round)
         payload = {
             "model": MODEL,
             "cpu_count": os.cpu_count(),
@@ -1119,8 +1257,10 @@ def main(argv: list[str] | None = None) -> int:
                 {k: v for k, v in asdict(w).items() if k != "prompts"} | {"requests": len(w.prompts)} for w in workloads
             ],
             "runs": [asdict(r) | {"results": [asdict(x) | {"gaps_s": None} for x in r.results]} for r in runs],
-            "ratios": peer_ratios(runs),
-            "goals": [{"goal": g, "value": v, "pass": p} for g, v, p in goals(runs)],
+            "rounds": args.rounds,
+            "ratios_per_round": per_round,
+            "ratios": ratios,
+            "goals": [{"goal": g, "value": v, "pass": p} for g, v, p in goals(ratios)],
             "failures": failures,
             "timings_s": timings,
         }
