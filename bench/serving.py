@@ -59,7 +59,7 @@ Run it from the repository root with the project's virtualenv active, installed 
     python bench/serving.py --quick --servers pipeserve,llama-server
     python bench/serving.py --build-only         # just build llama-server into the cache
     python bench/serving.py --json-out /tmp/serving.json
-    python bench/serving.py --rounds 3 --only llama-cpp-python=W1   # medians of 3 rounds (about 50 minutes)
+    python bench/serving.py --rounds 3 --only llama-cpp-python=W1   # medians of 3 rounds (77 min on a slow CPU)
 """
 
 from __future__ import annotations
