@@ -961,16 +961,24 @@ def peer_ratios(runs: list[RunResult]) -> Ratios:
     return out
 
 
+def round_ratios(runs: list[RunResult]) -> list[Ratios]:
+    """`peer_ratios` of each round, in round order."""
+    return [peer_ratios([r for r in runs if r.round == n]) for n in sorted({r.round for r in runs})]
+
+
 def median_ratios(rounds: list[Ratios]) -> Ratios:
     """Each ratio's median over the rounds that measured it."""
-    out: Ratios = {}
+    values: dict[tuple[str, str, str], list[float]] = {}
     for table in rounds:
         for peer, keys in table.items():
             for key, metrics in keys.items():
-                slot = out.setdefault(peer, {}).setdefault(key, {})
-                for metric in metrics:
-                    values = [v for t in rounds if (v := t.get(peer, {}).get(key, {}).get(metric)) is not None]
-                    slot[metric] = statistics.median(values) if values else None
+                for metric, value in metrics.items():
+                    measured = values.setdefault((peer, key, metric), [])
+                    if value is not None:
+                        measured.append(value)
+    out: Ratios = {}
+    for (peer, key, metric), measured in values.items():
+        out.setdefault(peer, {}).setdefault(key, {})[metric] = statistics.median(measured) if measured else None
     return out
 
 
@@ -1050,8 +1058,8 @@ def ratio_lines(ratios: Ratios, workloads: list[Workload], rounds: list[Ratios])
         for key, values in ratios[peer].items():
             cells = [fx(values.get(m)) for m in ("tok_s", "ttft_p50", "itl_p50", "rss")]
             line = f"  {names.get(key, key):<16} {cells[0]:>7} {cells[1]:>9} {cells[2]:>8} {cells[3]:>6}"
-            if several:  # each round's values of the metrics that goals are set on
-                metrics = ["rss"] if key == PEAK else ["ttft_p50", "itl_p50"] if key == "W3" else ["tok_s"]
+            metrics = [metric for _, p, k, metric, _, _ in GOALS if (p, k) == (peer, key)]
+            if several and metrics:  # each round's values of the metrics that goals are set on
                 each = [f"{m} " + " ".join(fx(t.get(peer, {}).get(key, {}).get(m)) for t in rounds) for m in metrics]
                 line += f"   rounds: {'; '.join(each)}"
             lines.append(line)
@@ -1062,7 +1070,7 @@ def report(
     runs: list[RunResult], workloads: list[Workload], failures: dict[str, str], pipeserve_options: list[str]
 ) -> str:
     rounds = sorted({r.round for r in runs}) or [0]
-    per_round = [peer_ratios([r for r in runs if r.round == n]) for n in rounds]
+    per_round = round_ratios(runs) or [{}]
     lines = header_lines(workloads, pipeserve_options)
     for n in rounds:
         lines += ["", f"round {n + 1} of {len(rounds)}:"] if len(rounds) > 1 else [""]
@@ -1088,13 +1096,14 @@ def report(
     several = len(per_round) > 1
     lines += ["", f"goals (pipeserve vs peer{', medians of the rounds' if several else ''}):"]
     verdicts = [goals(t) for t in per_round]
-    for i, (label, value, passed) in enumerate(goals(ratios)):
+    judged = goals(ratios)
+    for i, (label, value, passed) in enumerate(judged):
         verdict = "-" if passed is None else ("PASS" if passed else "MISS")
         line = f"  {label:<52} {fx(value):>7}  {verdict}"
         if several:
             line += "   rounds: " + " ".join("-" if v[i][2] is None else "+" if v[i][2] else "x" for v in verdicts)
         lines.append(line)
-    met = sum(1 for _, _, passed in goals(ratios) if passed)
+    met = sum(1 for _, _, passed in judged if passed)
     lines.append(f"  {met} of {len(GOALS)} goals met")
     return "\n".join(lines)
 
@@ -1242,7 +1251,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("timings: " + ", ".join(f"{key} {value:.0f} s" for key, value in timings.items()))
     if args.json_out is not None:
-        per_round = [peer_ratios([r for r in runs if r.round == n]) for n in sorted({r.round for r in runs})]
+        per_round = round_ratios(runs)
         ratios = median_ratios(per_round)
         payload = {
             "model": MODEL,
