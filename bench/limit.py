@@ -10,10 +10,14 @@ Two ways of doing a workload's token work on this machine, alternating, in one r
 * ``pipeserve engine`` -- the same requests through `LlamaCppEngine.generate` (the scheduler, sampling at
   temperature 0.7 with the workload's seeds, detokenising, the hand-off to the event loop), with no HTTP and
   no client; every `llama_decode` timed, to tell the engine's own time between steps from llama.cpp's.
+* ``engine's batches replayed`` -- the batches the engine just gave its batch context (and its KV cache calls
+  between them), recorded and fed in the same order to a fresh bare context of the same settings. As slow as
+  the engine: the cost is in the shape of its steps (sequence lengths, staggering, prefill mixed in); as fast
+  as ``llama.cpp alone``: it is in what surrounds them (threads, the event loop, memory).
 
 bench/serving.py then adds the HTTP server and the benchmark's client, which share the same two cores.
 
-    python bench/limit.py                       # W1, two rounds of each
+    python bench/limit.py                       # W1, two rounds of each way
     python bench/limit.py --workloads W1,W2 --rounds 3
 """
 
@@ -56,6 +60,20 @@ class Measured:
     @property
     def tok_s(self) -> float:
         return self.tokens / self.seconds
+
+
+@dataclass
+class Trace:
+    """The engine's calls into its batch context, in order: ("decode", entries) or a KV cache method's name
+    and arguments. Only the batch context's: a request that ends the workload alone on the solo lane isn't in it,
+    so a replay is compared on the decodes it holds (`engine_s`, the engine's time for them)."""
+
+    path: Path
+    repack: bool
+    n_ctx: int
+    n_seq_max: int
+    ops: list[tuple[str, Any]]
+    engine_s: float = 0.0
 
 
 def _alone(choice: Choice, workload: serving.Workload) -> Measured:
@@ -110,7 +128,41 @@ def _alone(choice: Choice, workload: serving.Workload) -> Measured:
     return Measured("llama.cpp alone", len(prompts) * workload.max_tokens, seconds, seconds, _p50_ms(steps))
 
 
-async def _engine(cache: Path, workload: serving.Workload) -> Measured:
+def _replay(trace: Trace) -> Measured:
+    model = LlamaModel(
+        trace.path,
+        n_ctx=trace.n_ctx,
+        n_seq_max=trace.n_seq_max,
+        n_batch=BATCH,
+        threads=serving.THREADS,
+        repack=trace.repack,
+    )
+    try:
+        batch = model.batch
+        steps: list[float] = []
+        in_decode = 0.0
+        began = time.perf_counter()
+        for name, arguments in trace.ops:
+            if name != "decode":
+                getattr(model, name)(*arguments)
+                continue
+            for i, entry in enumerate(arguments):
+                Scheduler._put(batch, i, *entry)
+            batch.n_tokens = len(arguments)
+            start = time.perf_counter()
+            if model.decode() != 0:
+                raise RuntimeError("llama_decode failed")
+            took = time.perf_counter() - start
+            in_decode += took
+            if len(arguments) == STREAMS:
+                steps.append(took)
+        seconds = time.perf_counter() - began
+    finally:
+        model.close()
+    return Measured("engine's batches replayed", 0, seconds, in_decode, _p50_ms(steps))
+
+
+async def _engine(cache: Path, workload: serving.Workload, traces: list[Trace]) -> Measured:
     config = ModelConfig(id=serving.MODEL, context_size=serving.CONTEXT, threads=serving.THREADS)
     engine = LlamaCppEngine(config, max_waiting=len(workload.prompts), cache_dir=cache)
     await engine.start()
@@ -118,9 +170,13 @@ async def _engine(cache: Path, workload: serving.Workload) -> Measured:
         scheduler = engine._scheduler
         assert scheduler is not None
         timed: list[tuple[float, int]] = []
-        for model in [scheduler.model, scheduler.solo]:
+        weights = engine._weights
+        assert weights is not None
+        main = scheduler.model
+        trace = Trace(weights.path, weights.repack, main.n_ctx, main.n_streams, [])
+        for model in [main, scheduler.solo]:
             if model is not None:
-                _time_decodes(model, timed)
+                _time_decodes(model, timed, trace if model is main else None)
         todo = list(range(len(workload.prompts)))
         tokens = 0
 
@@ -147,19 +203,39 @@ async def _engine(cache: Path, workload: serving.Workload) -> Measured:
     finally:
         await engine.close()
     steps = [s for s, n in timed if n == STREAMS]
+    traces.append(trace)
     return Measured("pipeserve engine", tokens, seconds, sum(s for s, _ in timed), _p50_ms(steps))
 
 
-def _time_decodes(model: LlamaModel, into: list[tuple[float, int]]) -> None:
+def _time_decodes(model: LlamaModel, into: list[tuple[float, int]], trace: Trace | None = None) -> None:
+    """Time every decode of `model`; with a trace, record its batches and KV cache calls too."""
     decode = model.decode
+    batch = model.batch
 
     def timed() -> int:
+        if trace is not None:
+            n = int(batch.n_tokens)
+            entries = [(batch.token[i], batch.pos[i], batch.seq_id[i][0], bool(batch.logits[i])) for i in range(n)]
+            trace.ops.append(("decode", entries))
         began = time.perf_counter()
         status = decode()
-        into.append((time.perf_counter() - began, int(model.batch.n_tokens)))
+        took = time.perf_counter() - began
+        into.append((took, int(batch.n_tokens)))
+        if trace is not None:
+            trace.engine_s += took
         return status
 
     model.decode = timed  # type: ignore[method-assign]
+    if trace is None:
+        return
+    for name in ("seq_clear", "seq_truncate", "seq_copy"):
+        method = getattr(model, name)
+
+        def recorded(*arguments: int, name: str = name, method: Any = method) -> Any:
+            trace.ops.append((name, arguments))
+            return method(*arguments)
+
+        setattr(model, name, recorded)
 
 
 def _p50_ms(values: list[float]) -> float:
@@ -181,24 +257,38 @@ def main(argv: list[str] | None = None) -> int:
     choice = choose(gguf, cache, threads=serving.THREADS)
     print(f"weights: {choice.name}{' (repacked)' if choice.repack else ''}; threads {serving.THREADS}", flush=True)
     rows: list[tuple[str, int, Measured]] = []
+    replayed: list[tuple[str, float, float]] = []  # workload, the engine's and the replay's decode seconds
     for workload in workloads:
+        traces: list[Trace] = []
         for round_ in range(args.rounds):
-            ways: list[Any] = [lambda w=workload: _alone(choice, w), lambda w=workload: asyncio.run(_engine(cache, w))]
-            for way in ways if round_ % 2 == 0 else ways[::-1]:
-                measured = way()
+            for way in ("alone", "engine", "replay") if round_ % 2 == 0 else ("engine", "replay", "alone"):
+                if way == "alone":
+                    measured = _alone(choice, workload)
+                elif way == "engine":
+                    measured = asyncio.run(_engine(cache, workload, traces))
+                else:  # the trace of this round's engine run
+                    measured = _replay(traces[-1])
+                    replayed.append((workload.key, traces[-1].engine_s, measured.in_decode_s))
                 rows.append((workload.key, round_ + 1, measured))
-                print(f"{workload.key} round {round_ + 1}: {measured.way}: {measured.tok_s:.1f} tok/s", flush=True)
+                if measured.tokens:
+                    said = f"{measured.tok_s:.1f} tok/s"
+                else:
+                    said = f"{measured.in_decode_s:.1f} s in llama_decode, the engine {traces[-1].engine_s:.1f} s"
+                print(f"{workload.key} round {round_ + 1}: {measured.way}: {said}", flush=True)
     print()
     print("| workload | round | way | tok/s | wall s | inside llama_decode | decode step (16 tokens) p50 ms |")
     print("|---|---|---|---|---|---|---|")
     for key, round_, m in rows:
         share = f"{m.in_decode_s:.1f} s ({100 * m.in_decode_s / m.seconds:.0f}%)"
-        print(f"| {key} | {round_} | {m.way} | {m.tok_s:.1f} | {m.seconds:.1f} | {share} | {m.step_p50_ms:.1f} |")
+        rate = f"{m.tok_s:.1f}" if m.tokens else "-"
+        print(f"| {key} | {round_} | {m.way} | {rate} | {m.seconds:.1f} | {share} | {m.step_p50_ms:.1f} |")
     for key in sorted({k for k, _, _ in rows}):
-        alone = [m.tok_s for k, _, m in rows if k == key and m.way == "llama.cpp alone"]
-        engine = [m.tok_s for k, _, m in rows if k == key and m.way == "pipeserve engine"]
-        ratio = statistics.median(engine) / statistics.median(alone)
+        alone_rates = [m.tok_s for k, _, m in rows if k == key and m.way == "llama.cpp alone"]
+        engine_rates = [m.tok_s for k, _, m in rows if k == key and m.way == "pipeserve engine"]
+        ratio = statistics.median(engine_rates) / statistics.median(alone_rates)
         print(f"{key}: pipeserve engine / llama.cpp alone, medians: {ratio:.2f}x")
+        same = statistics.median(replay_s / engine_s for k, engine_s, replay_s in replayed if k == key)
+        print(f"{key}: the engine's batches replayed / in the engine, time in llama_decode, median: {same:.2f}x")
     return 0
 
 
