@@ -25,12 +25,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import functools
 import statistics
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import llama_cpp as llama
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -64,9 +70,10 @@ class Measured:
 
 @dataclass
 class Trace:
-    """The engine's calls into its batch context, in order: ("decode", entries) or a KV cache method's name
-    and arguments. Only the batch context's: a request that ends the workload alone on the solo lane isn't in it,
-    so a replay is compared on the decodes it holds (`engine_s`, the engine's time for them)."""
+    """The engine's calls into its batch context, in order: ("decode", entries), a KV cache method's name and
+    arguments, or ("restore", (seq, state)) where a sequence came back from the solo lane. Only the batch
+    context's: tokens decoded on the solo lane aren't in it, so a replay is compared on the decodes it holds
+    (`engine_s`, the engine's time for them)."""
 
     path: Path
     repack: bool
@@ -143,6 +150,12 @@ def _replay(trace: Trace) -> Measured:
         in_decode = 0.0
         began = time.perf_counter()
         for name, arguments in trace.ops:
+            if name == "restore":
+                seq, state = arguments
+                buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+                if llama.llama_state_seq_set_data(model.ctx, buffer, len(state), seq) != len(state):
+                    raise RuntimeError("could not restore a sequence's KV state")
+                continue
             if name != "decode":
                 getattr(model, name)(*arguments)
                 continue
@@ -177,6 +190,7 @@ async def _engine(cache: Path, workload: serving.Workload, traces: list[Trace]) 
         for model in [main, scheduler.solo]:
             if model is not None:
                 _time_decodes(model, timed, trace if model is main else None)
+        _record_returns(scheduler, trace)
         todo = list(range(len(workload.prompts)))
         tokens = 0
 
@@ -238,6 +252,38 @@ def _time_decodes(model: LlamaModel, into: list[tuple[float, int]], trace: Trace
         setattr(model, name, recorded)
 
 
+def _record_returns(scheduler: Scheduler, trace: Trace) -> None:
+    """Record the KV state of each sequence moved into the batch context (back from the solo lane)."""
+    mover = scheduler._mover
+    move = mover.move
+
+    def recorded(source: LlamaModel, seq: int, target: LlamaModel, dest: int) -> bool:
+        moved = move(source, seq, target, dest)
+        if moved and target is scheduler.model:
+            size = llama.llama_state_seq_get_size(target.ctx, dest)
+            buffer = (ctypes.c_uint8 * size)()
+            written = llama.llama_state_seq_get_data(target.ctx, buffer, size, dest)
+            trace.ops.append(("restore", (dest, bytes(buffer[:written]))))
+        return moved
+
+    mover.move = recorded  # type: ignore[method-assign]
+
+
+def _in_own_thread(way: Callable[[], Measured]) -> Measured:
+    """Run `way` on a thread that ends with it, as the engine runs on its own thread.
+
+    Every thread that has run llama.cpp keeps an OpenMP pool while it lives. Once a process's pools hold more
+    threads than there are CPUs, libgomp cuts its spinning at barriers short for all of them (throttled spin
+    count): the engine's W1 ran ~13% slower (BAAB, separate processes) after a few decodes on the main thread."""
+    result: list[Measured] = []
+    thread = threading.Thread(target=lambda: result.append(way()), name="llama.cpp alone")
+    thread.start()
+    thread.join()
+    if not result:
+        raise RuntimeError("the measurement failed; its traceback is above")
+    return result[0]
+
+
 def _p50_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000 if values else float("nan")
 
@@ -263,11 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             for way in ("alone", "engine", "replay") if round_ % 2 == 0 else ("engine", "replay", "alone"):
                 if way == "alone":
-                    measured = _alone(choice, workload)
+                    measured = _in_own_thread(functools.partial(_alone, choice, workload))
                 elif way == "engine":
                     measured = asyncio.run(_engine(cache, workload, traces))
                 else:  # the trace of this round's engine run
-                    measured = _replay(traces[-1])
+                    measured = _in_own_thread(functools.partial(_replay, traces[-1]))
                     replayed.append((workload.key, traces[-1].engine_s, measured.in_decode_s))
                 rows.append((workload.key, round_ + 1, measured))
                 if measured.tokens:
