@@ -1,6 +1,6 @@
 """How close pipeserve's engine runs to llama.cpp itself on bench/serving.py's batch workloads.
 
-Two ways of doing a workload's token work on this machine, alternating, in one run:
+Three ways of doing a workload's token work on this machine, alternating, in one run:
 
 * ``llama.cpp alone`` -- the least work the workload needs, done with the engine's own `LlamaModel` (same
   weights, context, threads and KV streams) and nothing else: W1's shared system prompt prefilled once and
@@ -276,7 +276,7 @@ def _in_own_thread(way: Callable[[], Measured]) -> Measured:
     threads than there are CPUs, libgomp cuts its spinning at barriers short for all of them (throttled spin
     count): the engine's W1 ran ~13% slower (BAAB, separate processes) after a few decodes on the main thread."""
     result: list[Measured] = []
-    thread = threading.Thread(target=lambda: result.append(way()), name="llama.cpp alone")
+    thread = threading.Thread(target=lambda: result.append(way()), name="limit-way")
     thread.start()
     thread.join()
     if not result:
