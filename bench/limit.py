@@ -79,19 +79,33 @@ class Trace:
     repack: bool
     n_ctx: int
     n_seq_max: int
-    ops: list[tuple[str, Any]]
+    ops: list[tuple[str, Any]]  # ("decode", list[Entry]) and the rest as said above
     engine_s: float = 0.0
 
 
+Entry = tuple[int, int, int, bool]  # token, position, sequence, logits wanted
+
+
+def _bare(path: Path, repack: bool, n_ctx: int, n_seq_max: int) -> LlamaModel:
+    return LlamaModel(path, n_ctx=n_ctx, n_seq_max=n_seq_max, n_batch=BATCH, threads=serving.THREADS, repack=repack)
+
+
+def _decode(model: LlamaModel, entries: list[Entry], steps: list[float]) -> float:
+    """One batch written as the engine writes it, decoded; its time, also kept in `steps` for a 16-token step."""
+    for i, entry in enumerate(entries):
+        Scheduler._put(model.batch, i, *entry)
+    model.batch.n_tokens = len(entries)
+    began = time.perf_counter()
+    if model.decode() != 0:
+        raise RuntimeError("llama_decode failed")
+    took = time.perf_counter() - began
+    if len(entries) == STREAMS:
+        steps.append(took)
+    return took
+
+
 def _alone(choice: Choice, workload: serving.Workload) -> Measured:
-    model = LlamaModel(
-        choice.path,
-        n_ctx=serving.CONTEXT,
-        n_seq_max=STREAMS,
-        n_batch=BATCH,
-        threads=serving.THREADS,
-        repack=choice.repack,
-    )
+    model = _bare(choice.path, choice.repack, serving.CONTEXT, STREAMS)
     try:
         shared = workload.key == "W1"
         first = model.tokenize(workload.prompts[0][0]["content"], add_special=True) if shared else []
@@ -100,35 +114,24 @@ def _alone(choice: Choice, workload: serving.Workload) -> Measured:
             + model.tokenize(p[1]["content"], add_special=False)
             for p in workload.prompts
         ]
-        batch = model.batch
         steps: list[float] = []
-
-        def decode(entries: list[tuple[int, int, int, bool]]) -> None:
-            for i, (token, pos, seq, logits) in enumerate(entries):
-                Scheduler._put(batch, i, token, pos, seq, logits)  # the batch written as the engine writes it
-            batch.n_tokens = len(entries)
-            began = time.perf_counter()
-            if model.decode() != 0:
-                raise RuntimeError("llama_decode failed")
-            if len(entries) == STREAMS:
-                steps.append(time.perf_counter() - began)
 
         began = time.perf_counter()
         for start in range(0, len(first), BATCH):
             chunk = first[start : start + BATCH]
-            decode([(t, start + i, 0, start + i == len(first) - 1) for i, t in enumerate(chunk)])
+            _decode(model, [(t, start + i, 0, start + i == len(first) - 1) for i, t in enumerate(chunk)], steps)
         for seq in range(1, STREAMS):
             model.seq_copy(0, seq, len(first))
         for wave in range(0, len(prompts), STREAMS):
-            entries: list[tuple[int, int, int, bool]] = []
+            entries: list[Entry] = []
             for seq, prompt in enumerate(prompts[wave : wave + STREAMS]):
                 model.seq_truncate(seq, len(first))
                 entries += [(t, len(first) + j, seq, j == len(prompt) - 1) for j, t in enumerate(prompt)]
             for start in range(0, len(entries), BATCH):
-                decode(entries[start : start + BATCH])
+                _decode(model, entries[start : start + BATCH], steps)
             ends = [len(first) + len(p) for p in prompts[wave : wave + STREAMS]]
             for step in range(workload.max_tokens):
-                decode([(FILLER, end + step, seq, True) for seq, end in enumerate(ends)])
+                _decode(model, [(FILLER, end + step, seq, True) for seq, end in enumerate(ends)], steps)
         seconds = time.perf_counter() - began
     finally:
         model.close()
@@ -136,16 +139,8 @@ def _alone(choice: Choice, workload: serving.Workload) -> Measured:
 
 
 def _replay(trace: Trace) -> Measured:
-    model = LlamaModel(
-        trace.path,
-        n_ctx=trace.n_ctx,
-        n_seq_max=trace.n_seq_max,
-        n_batch=BATCH,
-        threads=serving.THREADS,
-        repack=trace.repack,
-    )
+    model = _bare(trace.path, trace.repack, trace.n_ctx, trace.n_seq_max)
     try:
-        batch = model.batch
         steps: list[float] = []
         in_decode = 0.0
         began = time.perf_counter()
@@ -156,19 +151,10 @@ def _replay(trace: Trace) -> Measured:
                 if llama.llama_state_seq_set_data(model.ctx, buffer, len(state), seq) != len(state):
                     raise RuntimeError("could not restore a sequence's KV state")
                 continue
-            if name != "decode":
+            if name == "decode":
+                in_decode += _decode(model, arguments, steps)
+            else:
                 getattr(model, name)(*arguments)
-                continue
-            for i, entry in enumerate(arguments):
-                Scheduler._put(batch, i, *entry)
-            batch.n_tokens = len(arguments)
-            start = time.perf_counter()
-            if model.decode() != 0:
-                raise RuntimeError("llama_decode failed")
-            took = time.perf_counter() - start
-            in_decode += took
-            if len(arguments) == STREAMS:
-                steps.append(took)
         seconds = time.perf_counter() - began
     finally:
         model.close()
