@@ -1,6 +1,6 @@
 """How close pipeserve's engine runs to llama.cpp itself on bench/serving.py's batch workloads.
 
-Three ways of doing a workload's token work on this machine, alternating, in one run:
+Three ways (four with ``--beside``) of doing a workload's token work on this machine, alternating, in one run:
 
 * ``llama.cpp alone`` -- the least work the workload needs, done with the engine's own `LlamaModel` (same
   weights, context, threads and KV streams) and nothing else: W1's shared system prompt prefilled once and
@@ -15,10 +15,15 @@ Three ways of doing a workload's token work on this machine, alternating, in one
   the engine: the cost is in the shape of its steps (sequence lengths, staggering, prefill mixed in); as fast
   as ``llama.cpp alone``: it is in what surrounds them (threads, the event loop, memory).
 
+With ``--beside``, a fourth: the engine's way again with a second local model loaded in the process and idle
+after one request, as a fine-tuned model waits beside its base (its engine thread, and that thread's OpenMP
+pool, should be gone by then: engines/llamacpp/worker.py).
+
 bench/serving.py then adds the HTTP server and the benchmark's client, which share the same two cores.
 
     python bench/limit.py                       # W1, two rounds of each way
     python bench/limit.py --workloads W1,W2 --rounds 3
+    python bench/limit.py --beside              # does a second, idle local model slow the first?
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from pipeserve.settings import ModelConfig
 STREAMS = 16
 BATCH = 512
 FILLER = 100  # the token every decode step feeds: llama.cpp's cost doesn't depend on which
+BESIDE = "engine, a second model beside"
 
 
 @dataclass
@@ -161,11 +167,22 @@ def _replay(trace: Trace) -> Measured:
     return Measured("engine's batches replayed", 0, seconds, in_decode, _p50_ms(steps))
 
 
-async def _engine(cache: Path, workload: serving.Workload, traces: list[Trace]) -> Measured:
+async def _engine(cache: Path, workload: serving.Workload, traces: list[Trace], *, beside: bool = False) -> Measured:
     config = ModelConfig(id=serving.MODEL, context_size=serving.CONTEXT, threads=serving.THREADS)
     engine = LlamaCppEngine(config, max_waiting=len(workload.prompts), cache_dir=cache)
     await engine.start()
+    other: LlamaCppEngine | None = None
     try:
+        if beside:  # a second local model in the process, idle after one short request, as a fine-tune waits
+            other = LlamaCppEngine(
+                ModelConfig(id="beside", context_size=2048, max_sequences=2, threads=serving.THREADS),
+                max_waiting=4,
+                cache_dir=cache,
+            )
+            await other.start()
+            hello = ChatParams(model="beside", messages=(ChatMessage("user", "Hello"),), max_tokens=8)
+            async for _ in await other.generate(hello):
+                pass
         scheduler = engine._scheduler
         assert scheduler is not None
         timed: list[tuple[float, int]] = []
@@ -202,7 +219,11 @@ async def _engine(cache: Path, workload: serving.Workload, traces: list[Trace]) 
         seconds = time.perf_counter() - began
     finally:
         await engine.close()
+        if other is not None:
+            await other.close()
     steps = [s for s, n in timed if n == STREAMS]
+    if beside:
+        return Measured(BESIDE, tokens, seconds, sum(s for s, _ in timed), _p50_ms(steps))
     traces.append(trace)
     return Measured("pipeserve engine", tokens, seconds, sum(s for s, _ in timed), _p50_ms(steps))
 
@@ -278,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default="W1", help="comma-separated: W1, W2 (default: W1)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of both ways, alternating (default: 2)")
+    parser.add_argument(
+        "--beside", action="store_true", help="a fourth way: the engine with a second local model loaded, idle"
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path(__file__).resolve().parent / ".cache")
     args = parser.parse_args(argv)
     gguf = embedded_gguf_path()
@@ -293,11 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     for workload in workloads:
         traces: list[Trace] = []
         for round_ in range(args.rounds):
-            for way in ("alone", "engine", "replay") if round_ % 2 == 0 else ("engine", "replay", "alone"):
+            ways = ["alone", "engine", "replay", "beside"][: 4 if args.beside else 3]
+            for way in ways if round_ % 2 == 0 else ways[1:] + ways[:1]:
                 if way == "alone":
                     measured = _in_own_thread(functools.partial(_alone, choice, workload))
-                elif way == "engine":
-                    measured = asyncio.run(_engine(cache, workload, traces))
+                elif way in ("engine", "beside"):
+                    measured = asyncio.run(_engine(cache, workload, traces, beside=way == "beside"))
                 else:  # the trace of this round's engine run
                     measured = _in_own_thread(functools.partial(_replay, traces[-1]))
                     replayed.append((workload.key, traces[-1].engine_s, measured.in_decode_s))
@@ -321,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key}: pipeserve engine / llama.cpp alone, medians: {ratio:.2f}x")
         same = statistics.median(replay_s / engine_s for k, engine_s, replay_s in replayed if k == key)
         print(f"{key}: the engine's batches replayed / in the engine, time in llama_decode, median: {same:.2f}x")
+        beside_rates = [m.tok_s for k, _, m in rows if k == key and m.way == BESIDE]
+        if beside_rates:
+            ratio = statistics.median(beside_rates) / statistics.median(engine_rates)
+            print(f"{key}: {BESIDE} / pipeserve engine, medians: {ratio:.2f}x")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The llama.cpp engine: a GGUF model served in-process with continuous batching on one engine thread."""
+"""The llama.cpp engine: a GGUF model served in-process with continuous batching on one engine thread, which
+ends while the model is idle (worker.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
@@ -21,8 +21,10 @@ from pipeserve.engines.llamacpp.scheduler import Scheduler
 from pipeserve.engines.llamacpp.slots import Job, TextDelta
 from pipeserve.engines.llamacpp.templating import CHATML_TEMPLATE, ChatTemplate
 from pipeserve.engines.llamacpp.weights import CONVERSIONS, Choice, choose, convert, source_key
+from pipeserve.engines.llamacpp.worker import EngineThread, Turn
 from pipeserve.errors import (
     ContextLengthExceededError,
+    EngineError,
     EngineUnavailableError,
     InvalidRequestError,
     PipeserveError,
@@ -36,9 +38,9 @@ log = logging.getLogger("pipeserve.llamacpp")
 Outgoing = tuple[TextGeneration, list[TextDelta], int, bool, PipeserveError | None]
 
 _RELOAD_PAUSE = 5.0  # seconds between attempts to reload a model after a crash
-_CLOSE_WAIT = 30.0  # seconds to wait for the engine thread at shutdown
-# An engine that has not begun a step for this long is reported as stalled: an idle loop turns every second,
-# and a busy step takes well under a second.
+_CLOSE_WAIT = 30.0  # seconds to wait for the engine's last turn at shutdown
+# An engine that has not begun a step for this long is reported as stalled: a busy step takes well under a
+# second, and an idle engine's thread either turns every second or has ended (worker.py).
 _STALL_AFTER = 60.0
 _SOLO_BATCH = 64  # the solo lane decodes one token a step; a small batch keeps its compute buffers small
 _ACCEPT_CHECK = 1.0  # seconds between looks at whether the engine a request waits on is still the running one
@@ -59,7 +61,10 @@ class LlamaCppEngine(Engine):
         self._scheduler: Scheduler | None = None
         self._template: ChatTemplate | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = EngineThread(self.turn, f"engine:{config.id}")  # makes every call into llama.cpp
+        self._ready: Future[None] = Future()  # the model's first load: done, or failed
+        self._ended: Future[None] | None = None  # set when the engine is done (closed, or failed to load)
+        self._retry_at = 0.0  # after a failed reload, when to try again
         self._outbox: list[Outgoing] = []  # what the current step dispatched, sent in one hop by `_flush`
         self._problem: str | None = None  # why the engine can't serve right now (restarting after a crash)
         self._closing = False
@@ -68,43 +73,66 @@ class LlamaCppEngine(Engine):
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        ready: Future[None] = Future()
-        self._thread = threading.Thread(target=self._run, args=(ready,), name=f"engine:{self.model_id}", daemon=True)
-        self._thread.start()
-        await asyncio.wrap_future(ready)
+        self._ready, self._ended = Future(), Future()
+        self._thread.start()  # the model loads in its first turn
+        await asyncio.wrap_future(self._ready)
 
-    def _run(self, ready: Future[None]) -> None:
-        """The engine thread: every call into llama.cpp happens here. A loop that ends by anything but a
-        stop (a crash the scheduler could not absorb) fails its requests and starts over on a fresh model."""
-        while not self._closing:
-            try:
-                model, scheduler = self._load()
-            except Exception as exc:
-                if not ready.done():
-                    ready.set_exception(exc)
-                    return
-                log.critical("%s: could not reload the model: %s; retrying", self.model_id, exc)
-                self._problem = f"the engine is restarting and could not reload the model: {exc}"
-                time.sleep(_RELOAD_PAUSE)
-                continue
-            self._model, self._scheduler, self._problem = model, scheduler, None
-            if not ready.done():
-                ready.set_result(None)
-            try:
-                scheduler.run()
-                return  # stopped on request
-            except BaseException as exc:
-                self._problem = f"the engine stopped on an error and is restarting: {exc!r}"
-                self._scheduler = None  # new requests get a 503 until the engine is back
-                log.critical("%s: the engine loop stopped; restarting it", self.model_id, exc_info=exc)
-                self.restarts += 1
-                gone = EngineUnavailableError(f"The model {self.model_id} failed and is restarting; retry.")
-                with contextlib.suppress(Exception):
-                    scheduler.abandon(gone)
-            finally:
-                scheduler.close_long()  # its context, before the weights it shares
-                scheduler.close_solo()
-                model.close()
+    def turn(self) -> Turn:
+        """On the engine thread: a turn of the scheduler, or the model's (re)load, or the engine's end. A
+        turn that ends by anything but an Exception the scheduler absorbs (a crash of the turn itself) fails
+        its requests, and the next turn starts over on a freshly loaded model."""
+        scheduler = self._scheduler
+        if self._closing:
+            if scheduler is not None:
+                self._unload(scheduler, EngineError("the server is shutting down"))
+            self._end()
+            return "done"
+        if scheduler is None:
+            return self._reload()
+        try:
+            if scheduler.turn():
+                return "busy"
+            return "wait" if scheduler.long is not None else "idle"  # the long lane is freed on a later turn
+        except BaseException as exc:
+            self._problem = f"the engine stopped on an error and is restarting: {exc!r}"
+            log.critical("%s: the engine loop stopped; restarting it", self.model_id, exc_info=exc)
+            self.restarts += 1
+            gone = EngineUnavailableError(f"The model {self.model_id} failed and is restarting; retry.")
+            self._unload(scheduler, gone)
+            return "busy"
+
+    def _reload(self) -> Turn:
+        if time.monotonic() < self._retry_at:
+            return "wait"
+        try:
+            model, scheduler = self._load()
+        except Exception as exc:
+            if not self._ready.done():
+                self._ready.set_exception(exc)
+                self._end()
+                return "done"
+            log.critical("%s: could not reload the model: %s; retrying", self.model_id, exc)
+            self._problem = f"the engine is restarting and could not reload the model: {exc}"
+            self._retry_at = time.monotonic() + _RELOAD_PAUSE
+            return "wait"
+        self._model, self._scheduler, self._problem = model, scheduler, None
+        if not self._ready.done():
+            self._ready.set_result(None)
+        return "busy"
+
+    def _unload(self, scheduler: Scheduler, error: PipeserveError) -> None:
+        self._scheduler = None  # new requests get a 503 from here on
+        with contextlib.suppress(Exception):
+            scheduler.abandon(error)
+        scheduler.close_long()  # its context, before the weights it shares
+        scheduler.close_solo()
+        scheduler.model.close()
+
+    def _end(self) -> None:
+        if not self._ready.done():  # closed before its model ever loaded
+            self._ready.set_exception(EngineUnavailableError(f"The model {self.model_id} was closed while loading."))
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
 
     def _load(self) -> tuple[LlamaModel, Scheduler]:
         options = self.options
@@ -134,6 +162,7 @@ class LlamaCppEngine(Engine):
                 max_waiting=self.max_waiting,
                 dispatch=self._dispatch,
                 flush=self._flush,
+                wake=self._thread.wake,
             )
             cells = options.long_context if options.long_context is not None else model.n_ctx_train
             if model.n_ctx_train:
@@ -198,22 +227,23 @@ class LlamaCppEngine(Engine):
         return Choice(target, repack=False, name=wanted)
 
     async def close(self) -> None:
-        self._closing = True  # a thread between a crash and its reload stops there
-        scheduler, thread = self._scheduler, self._thread
-        if scheduler is not None and thread is not None:
-            scheduler.inbox.put(("stop", None))
-            # A wedged thread (stuck inside llama.cpp) must not hold the process: it is a daemon thread.
-            await asyncio.to_thread(thread.join, _CLOSE_WAIT)
+        self._closing = True  # the engine's next turn fails what it holds, frees its model and ends
+        self._thread.wake()
+        if self._ended is not None:
+            # A turn wedged inside llama.cpp must not hold the process: the thread is a daemon thread.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._ended)), _CLOSE_WAIT)
         self._scheduler = None
 
     def problem(self) -> str | None:
-        if self._thread is not None and not self._thread.is_alive() and self._scheduler is not None:
+        thread = self._thread
+        if self._scheduler is not None and not thread.alive and not thread.parked:
             return "the engine thread has stopped"
         if self._problem is not None:
             return self._problem
         scheduler = self._scheduler
-        if scheduler is not None:
-            stalled = time.monotonic() - scheduler.heartbeat
+        if scheduler is not None and not thread.parked:  # a parked engine is idle, not stalled
+            stalled = time.monotonic() - max(scheduler.heartbeat, thread.started_at)
             if stalled > _STALL_AFTER:
                 return f"the engine has not completed a step for {stalled:.0f} s"
         return None
@@ -256,12 +286,12 @@ class LlamaCppEngine(Engine):
         )
         generation = TextGeneration(
             params,
-            lambda choice, keep_cache: scheduler.inbox.put(("cancel", (job, choice, keep_cache))),
+            lambda choice, keep_cache: scheduler.post("cancel", (job, choice, keep_cache)),
             self.options.think_tags if self.options.reasoning else None,
         )
         job.dispatch_to = generation
         accepted: Future[None] = Future()
-        scheduler.inbox.put(("submit", (job, lambda j: self._prepare(j, prompt_text, params), accepted)))
+        scheduler.post("submit", (job, lambda j: self._prepare(j, prompt_text, params), accepted))
         answer = asyncio.wrap_future(accepted)
         try:
             while not (await asyncio.wait({answer}, timeout=_ACCEPT_CHECK))[0]:

@@ -1,4 +1,4 @@
-"""Continuous batching over one llama.cpp context, run by one dedicated engine thread.
+"""Continuous batching over one llama.cpp context, in the turns of one engine thread (worker.py).
 
 Each sequence (slot) has its own KV stream of `window` cells. Each step decodes, in one `llama_decode`, the
 next token of every generating sequence plus chunks of waiting prompts. Requests are admitted between steps;
@@ -43,7 +43,7 @@ log = logging.getLogger("pipeserve.llamacpp")
 Dispatch = Callable[["Job", list[TextDelta], bool], None]
 
 
-def _no_flush() -> None:
+def _nothing() -> None:
     pass
 
 
@@ -56,7 +56,7 @@ SNAPSHOT_EVERY_S = 0.05
 
 
 class Scheduler:
-    """Owns the slots and runs the step loop. Only the engine thread calls its methods."""
+    """Owns the slots and takes the engine's turns. Only the engine thread calls its methods, but `post`."""
 
     def __init__(
         self,
@@ -67,7 +67,8 @@ class Scheduler:
         max_waiting: int,
         dispatch: Dispatch,
         prefill_chunk: int | None = None,
-        flush: Callable[[], None] = _no_flush,
+        flush: Callable[[], None] = _nothing,
+        wake: Callable[[], None] = _nothing,
     ) -> None:
         self.model = model
         self.guides = GuideCompiler(model)
@@ -82,10 +83,11 @@ class Scheduler:
         self.prefilling: list[Job] = []  # admitted, prompt not yet fully decoded
         self.running: list[Job] = []
         self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self.stopping = False
+        self.wake = wake  # tells the engine thread that the inbox has a command
         self.heartbeat = time.monotonic()  # when the loop last began a turn; a stalled engine shows in /health
         self.snapshot = EngineStats(0, 0, 0, model.n_ctx)
         self._snapshot_at = 0.0
+        self._was_idle = False
         self.long: Scheduler | None = None  # the long-context lane, while it exists; only its queues and steps
         self.long_cells = 0  # its context, when the engine gives one (0: none)
         self._make_long: Callable[[], Scheduler] | None = None
@@ -120,19 +122,27 @@ class Scheduler:
         return bool(self.waiting or self.prefilling or self.running)
 
     # --- the loop ------------------------------------------------------------------------------------
-    def run(self) -> None:
-        while not self.stopping:
-            self.heartbeat = time.monotonic()
-            try:
-                self._turn()
-            except Exception as exc:  # whatever one request or one bug does, the engine thread carries on
-                log.exception("engine step failed")
-                self._fail_all(EngineError(f"the engine failed while generating: {exc}"), forget_cache=True)
-            self.flush()
-            if self._idle() or self.heartbeat - self._snapshot_at >= SNAPSHOT_EVERY_S:
-                self._update_snapshot()
-        self._fail_all(EngineError("the server is shutting down"))
+    def post(self, command: str, payload: Any) -> None:
+        """From any thread: a command for the engine thread (submit, cancel), which it reads at its next turn."""
+        self.inbox.put((command, payload))
+        self.wake()
+
+    def turn(self) -> bool:
+        """One turn on the engine thread: the commands received, then a step of each lane that has work.
+        Returns whether there is more to do at once; otherwise the thread sleeps until a command comes."""
+        self.heartbeat = time.monotonic()
+        try:
+            self._turn()
+        except Exception as exc:  # whatever one request or one bug does, the engine thread carries on
+            log.exception("engine step failed")
+            self._fail_all(EngineError(f"the engine failed while generating: {exc}"), forget_cache=True)
         self.flush()
+        idle = self._idle()
+        # An idle engine gets a turn at each of a busy one's steps: its statistics can't change meanwhile.
+        if (idle and not self._was_idle) or self.heartbeat - self._snapshot_at >= SNAPSHOT_EVERY_S:
+            self._update_snapshot()
+        self._was_idle = idle
+        return not idle
 
     def _idle(self) -> bool:
         """Nothing to do in either lane: the loop's next turn waits for a command."""
@@ -141,9 +151,7 @@ class Scheduler:
 
     def _turn(self) -> None:
         long = self.long
-        self._drain_inbox(block=self._idle())
-        if self.stopping:
-            return
+        self._drain_inbox()
         self._admit()
         if self.prefilling or self.running:
             self._step()
@@ -156,9 +164,9 @@ class Scheduler:
             elif time.monotonic() - self._long_used > LANE_IDLE_S:
                 self.close_long()
 
-    def _drain_inbox(self, *, block: bool) -> None:
+    def _drain_inbox(self) -> None:
         try:
-            command, payload = self.inbox.get(timeout=1.0) if block else self.inbox.get_nowait()
+            command, payload = self.inbox.get_nowait()
         except queue.Empty:
             return
         # A new request, or a cancel, may touch any stream of the batch's context (a prefix copied, a stream
@@ -169,8 +177,6 @@ class Scheduler:
                 self._submit(*payload)
             elif command == "cancel":
                 self._cancel(*payload)
-            elif command == "stop":
-                self.stopping = True
             try:
                 command, payload = self.inbox.get_nowait()
             except queue.Empty:
@@ -255,8 +261,8 @@ class Scheduler:
                 slot.clear(self.model)
 
     def abandon(self, error: PipeserveError) -> None:
-        """After the loop itself crashed: fail what it held and what still waits in the inbox, so that no
-        client waits for an engine that is gone."""
+        """When the engine stops, or its turn itself crashed: fail what it held and what still waits in the
+        inbox, so that no client waits for an engine that is gone."""
         self._fail_all(error)
         while True:
             try:
