@@ -64,9 +64,11 @@ class EngineThread:
         return self._started and not self._done and self._thread is None
 
     def _spawn(self) -> None:
+        """Under the lock, which the thread takes before it parks: it can't clear `_thread` before it is set."""
         self.started_at = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        thread.start()
+        self._thread = thread  # set once started: `alive` never sees a thread not yet running
 
     def _run(self) -> None:
         idle_since: float | None = None
