@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any
 
 import pytest
 
@@ -13,6 +11,7 @@ from pipeserve.engines.llamacpp.scheduler import Scheduler
 from pipeserve.errors import EngineUnavailableError, PipeserveError
 from pipeserve.params import ChatMessage, ChatParams
 from pipeserve.settings import ModelConfig
+from tests.waiting import until
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -24,13 +23,6 @@ def _params(max_tokens: int = 8) -> ChatParams:
 async def _text(engine: LlamaCppEngine, max_tokens: int = 8) -> str:
     generation = await engine.generate(_params(max_tokens))
     return "".join([delta.content async for step in generation for delta in step])
-
-
-async def _until(condition: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_crashed_loop_fails_its_requests_answers_503_and_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,11 +56,11 @@ async def test_a_crashed_loop_fails_its_requests_answers_503_and_restarts(monkey
             await engine.generate(_params())
         except EngineUnavailableError as error:
             assert "restarting" in error.message
-        await _until(lambda: engine.problem() is None)
+        await until(lambda: engine.problem() is None, 60.0)
         assert engine.restarts == 1
         assert await _text(engine)
         # the snapshot follows the step that finished the request
-        await _until(lambda: engine.stats().running_sequences == 0 and engine.stats().kv_cells_used == 0, 10)
+        await until(lambda: engine.stats().running_sequences == 0 and engine.stats().kv_cells_used == 0, 10)
     finally:
         await engine.close()
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,17 +16,11 @@ from pipeserve.engines.llamacpp.model import LlamaModel
 from pipeserve.engines.llamacpp.worker import EngineThread, Turn
 from pipeserve.params import ChatMessage, ChatParams, SamplingParams
 from pipeserve.settings import ModelConfig
+from tests.waiting import until
 
 
 def _threads(name: str) -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name == name]
-
-
-async def _until(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 async def _answer(engine: LlamaCppEngine, question: str) -> tuple[str, str | None]:
@@ -65,7 +57,7 @@ async def test_an_idle_engine_s_thread_ends_and_the_next_request_brings_one_back
     try:
         first = await _answer(engine, "Name a colour.")
         assert first[0] and first[1] in ("length", "stop")
-        await _until(lambda: not _threads("engine:m"))  # parked: its OpenMP pool went with it
+        await until(lambda: not _threads("engine:m"), 10.0)  # parked: its OpenMP pool went with it
         await asyncio.sleep(1.0)  # longer than the stall limit: a parked engine is idle, not stalled
         assert engine.problem() is None
         assert engine.stats().running_sequences == 0
@@ -76,7 +68,7 @@ async def test_an_idle_engine_s_thread_ends_and_the_next_request_brings_one_back
         assert len(_threads("engine:m")) == 1
     finally:
         await engine.close()
-    await _until(lambda: not _threads("engine:m"))
+    await until(lambda: not _threads("engine:m"), 10.0)
 
 
 async def test_a_model_that_fails_to_load_ends_its_thread_and_leaves_the_others_serving(tmp_path: Path) -> None:
@@ -88,7 +80,7 @@ async def test_a_model_that_fails_to_load_ends_its_thread_and_leaves_the_others_
         broken = LlamaCppEngine(ModelConfig(id="b", path=str(broken_file), weights="original"), max_waiting=8)
         with pytest.raises(Exception, match=r"broken\.gguf"):
             await broken.start()
-        await _until(lambda: not _threads("engine:b"))
+        await until(lambda: not _threads("engine:b"), 10.0)
         assert good.problem() is None
         text, finish = await _answer(good, "Name a colour.")
         assert text and finish in ("length", "stop")
@@ -115,16 +107,16 @@ async def test_a_thread_turns_while_busy_parks_when_idle_and_wakes_for_a_command
     turns = _Turns(["busy"] * 20)
     thread = EngineThread(turns, "engine:t")
     thread.start()
-    await _until(lambda: thread.parked)
+    await until(lambda: thread.parked, 10.0)
     assert 21 <= turns.turns <= 23  # the busy ones at once, then idle: about one more before parking
-    await _until(lambda: not _threads("engine:t"))
+    await until(lambda: not _threads("engine:t"), 10.0)
     parked_at = turns.turns
     await asyncio.sleep(0.3)
     assert turns.turns == parked_at  # parked: no turns at all
     thread.wake()
-    await _until(lambda: turns.turns > parked_at, 0.5)
+    await until(lambda: turns.turns > parked_at, 0.5)
     assert turns.threads[-1] is not turns.threads[0]  # a new thread, as the old one (and its pool) is gone
-    await _until(lambda: thread.parked)
+    await until(lambda: thread.parked, 10.0)
 
 
 async def test_a_waiting_engine_keeps_its_thread_a_failing_turn_is_survived_and_done_is_final(
@@ -147,7 +139,7 @@ async def test_a_waiting_engine_keeps_its_thread_a_failing_turn_is_survived_and_
     assert thread.alive and not thread.parked  # a lane to free, a reload to retry: it turns on
     assert calls["n"] >= 5  # about every 0.05 s, the failed third turn included
     state[0] = "done"
-    await _until(lambda: not thread.alive)
+    await until(lambda: not thread.alive, 10.0)
     ended = calls["n"]
     thread.wake()  # a command for an engine that is gone starts nothing
     await asyncio.sleep(0.2)

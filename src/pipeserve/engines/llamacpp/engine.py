@@ -63,7 +63,7 @@ class LlamaCppEngine(Engine):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = EngineThread(self.turn, f"engine:{config.id}")  # makes every call into llama.cpp
         self._ready: Future[None] = Future()  # the model's first load: done, or failed
-        self._ended: Future[None] | None = None  # set when the engine is done (closed, or failed to load)
+        self._ended: Future[None] | None = None  # from start: set when the engine is done (closed, or failed to load)
         self._retry_at = 0.0  # after a failed reload, when to try again
         self._outbox: list[Outgoing] = []  # what the current step dispatched, sent in one hop by `_flush`
         self._problem: str | None = None  # why the engine can't serve right now (restarting after a crash)
@@ -73,7 +73,7 @@ class LlamaCppEngine(Engine):
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._ready, self._ended = Future(), Future()
+        self._ended = Future()
         self._thread.start()  # the model loads in its first turn
         await asyncio.wrap_future(self._ready)
 

@@ -87,7 +87,6 @@ class Scheduler:
         self.heartbeat = time.monotonic()  # when the loop last began a turn; a stalled engine shows in /health
         self.snapshot = EngineStats(0, 0, 0, model.n_ctx)
         self._snapshot_at = 0.0
-        self._was_idle = False
         self.long: Scheduler | None = None  # the long-context lane, while it exists; only its queues and steps
         self.long_cells = 0  # its context, when the engine gives one (0: none)
         self._make_long: Callable[[], Scheduler] | None = None
@@ -138,10 +137,8 @@ class Scheduler:
             self._fail_all(EngineError(f"the engine failed while generating: {exc}"), forget_cache=True)
         self.flush()
         idle = self._idle()
-        # An idle engine gets a turn at each of a busy one's steps: its statistics can't change meanwhile.
-        if (idle and not self._was_idle) or self.heartbeat - self._snapshot_at >= SNAPSHOT_EVERY_S:
+        if idle or self.heartbeat - self._snapshot_at >= SNAPSHOT_EVERY_S:
             self._update_snapshot()
-        self._was_idle = idle
         return not idle
 
     def _idle(self) -> bool:
